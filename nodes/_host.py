@@ -1,0 +1,375 @@
+"""The pack's one door to ComfyUI.
+
+This is the only module that imports ``folder_paths``, ``comfy.*``, ``comfy_api`` or ``server``.
+Everything else in ``nodes/`` declares nodes with ``nodes/_spec.py`` and calls ``musetalk_core``;
+this module
+
+* registers the ``musetalk`` model folder with ``folder_paths`` (appending, so
+  ``extra_model_paths.yaml`` entries stay first),
+* lists and resolves model files inside the registered folders only,
+* builds a :class:`musetalk_core.runtime.Runtime` from ``comfy.model_management`` and
+  ``comfy.utils.ProgressBar`` (device, dtype, progress, interruption, memory),
+* turns the core's errors into messages that name the node, and
+* turns the node declarations into V3 (``comfy_api.latest``) classes, or classic V1 mappings on
+  hosts without the V3 API.
+
+Outside the host every host import is absent, :data:`IN_HOST` is False, and the helpers fall back
+to host-free behaviour so node functions can still be called (tests, scripts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from ..musetalk_core.errors import InputError, MuseTalkError
+from ..musetalk_core.runtime import Runtime, default_runtime
+from . import _spec
+
+log = logging.getLogger(__name__)
+
+try:  # the host's modules; absent outside ComfyUI
+    import folder_paths
+except ImportError:  # pragma: no cover - exercised by the no-host tests
+    folder_paths = None
+
+try:
+    import comfy.model_management as model_management
+    import comfy.utils as comfy_utils
+except ImportError:
+    model_management = None
+    comfy_utils = None
+
+try:
+    from comfy_api.latest import ComfyExtension, io
+except ImportError:
+    ComfyExtension = None
+    io = None
+
+IN_HOST = folder_paths is not None
+HAS_V3 = io is not None and ComfyExtension is not None
+
+MODEL_FOLDER = "musetalk"
+"""Our folder under ``ComfyUI/models``; extra_model_paths.yaml may add more paths for it."""
+
+
+# --------------------------------------------------------------------------- model folders
+
+
+def register_model_folders() -> None:
+    """Register ``models/musetalk`` with the host, once, after any user-configured paths."""
+    if folder_paths is None:
+        return
+    default = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
+    known = folder_paths.folder_names_and_paths.get(MODEL_FOLDER, ([], set()))[0]
+    if os.path.normcase(os.path.abspath(default)) not in {
+        os.path.normcase(os.path.abspath(p)) for p in known
+    }:
+        folder_paths.add_model_folder_path(MODEL_FOLDER, default)
+
+
+def model_folder_paths(folder: str = MODEL_FOLDER) -> list[str]:
+    """Every directory registered for ``folder`` (empty outside the host)."""
+    if folder_paths is None:
+        return []
+    try:
+        return list(folder_paths.get_folder_paths(folder))
+    except KeyError:
+        return []
+
+
+def model_files(folder: str = MODEL_FOLDER) -> list[str]:
+    """Relative file names in ``folder`` as the host lists them (empty outside the host)."""
+    if folder_paths is None:
+        return []
+    try:
+        return list(folder_paths.get_filename_list(folder))
+    except KeyError:
+        return []
+
+
+def model_dirs(folder: str = MODEL_FOLDER, marker: str | None = None) -> list[str]:
+    """Relative sub-folders of ``folder`` (for models stored as folders, e.g. HF whisper).
+
+    With ``marker`` only folders holding that file are returned (``config.json``).
+    """
+    found: set[str] = set()
+    for root in model_folder_paths(folder):
+        if not os.path.isdir(root):
+            continue
+        for dirpath, _dirnames, filenames in os.walk(root, followlinks=True):
+            if marker is None or marker in filenames:
+                rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
+                if rel != ".":
+                    found.add(rel)
+    return sorted(found)
+
+
+def resolve_model_path(
+    name: str, folder: str = MODEL_FOLDER, *, input_name: str = "file", allow_dir: bool = False
+) -> str | None:
+    """The absolute path of ``name`` inside the registered folders, or ``None`` if absent.
+
+    Raises :class:`InputError` if ``name`` would leave the registered folders (``../``, an
+    absolute path, a NUL byte): workflow file names resolve only inside the model folders.
+    """
+    if "\x00" in name or os.path.isabs(name) or name.replace("\\", "/").startswith("/"):
+        raise InputError(
+            f"'{name}' is not a file in models/{folder}",
+            input_name=input_name,
+            fix="pick a file from the list",
+        )
+    for root in model_folder_paths(folder):
+        root_abs = os.path.realpath(root)
+        candidate = os.path.realpath(os.path.join(root_abs, name.replace("\\", "/")))
+        if os.path.commonpath([root_abs, candidate]) != root_abs:
+            raise InputError(
+                f"'{name}' is not a file in models/{folder}",
+                input_name=input_name,
+                fix="pick a file from the list",
+            )
+        if os.path.isfile(candidate) or (allow_dir and os.path.isdir(candidate)):
+            return candidate
+    return None
+
+
+def temp_directory() -> str | None:
+    """The host's temp folder (``None`` outside the host)."""
+    return folder_paths.get_temp_directory() if folder_paths is not None else None
+
+
+# --------------------------------------------------------------------------- runtime
+
+
+def _progress_fn() -> Any:
+    """A ``(done, total, stage)`` callback backed by one ProgressBar per stage."""
+    state: dict[str, Any] = {"bar": None, "key": None}
+
+    def progress(done: int, total: int, stage: str) -> None:
+        if comfy_utils is None:
+            return
+        key = (stage, total)
+        if state["key"] != key:
+            state["bar"], state["key"] = comfy_utils.ProgressBar(max(int(total), 1)), key
+        state["bar"].update_absolute(int(done), max(int(total), 1))
+
+    return progress
+
+
+def oom_exceptions() -> tuple[type[BaseException], ...]:
+    """Exception types meaning "out of device memory" (never the bare ``Exception``)."""
+    types: list[type[BaseException]] = [torch.OutOfMemoryError]
+    host_oom = getattr(model_management, "OOM_EXCEPTION", None)
+    if isinstance(host_oom, type) and host_oom is not Exception and host_oom not in types:
+        types.append(host_oom)
+    return tuple(types)
+
+
+def runtime(dtype: torch.dtype | None = None) -> Runtime:
+    """The execution context for one node run: the host's devices, progress and interruption."""
+    if model_management is None:
+        return default_runtime(dtype=dtype)
+
+    def load(patchers: Sequence[Any]) -> None:
+        if patchers:
+            model_management.load_models_gpu(list(patchers))
+
+    def free(device: torch.device) -> int | None:
+        return int(model_management.get_free_memory(device))
+
+    return Runtime(
+        device=model_management.get_torch_device(),
+        intermediate_device=model_management.intermediate_device(),
+        dtype=dtype,
+        progress=_progress_fn(),
+        check_interrupt=model_management.throw_exception_if_processing_interrupted,
+        load_models=load,
+        free_memory=free,
+        oom_exceptions=oom_exceptions(),
+    )
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _passes_through(err: BaseException) -> bool:
+    """Errors the host handles itself: its interrupt, and out-of-memory (it adds a tip)."""
+    interrupt = getattr(model_management, "InterruptProcessingException", None)
+    if interrupt is not None and isinstance(err, interrupt):
+        return True
+    return isinstance(err, oom_exceptions())
+
+
+@contextlib.contextmanager
+def errors_for(node: str) -> Iterator[None]:
+    """Name ``node`` in every error raised inside; wrap unexpected ones (none reach users bare)."""
+    try:
+        yield
+    except MuseTalkError as err:
+        err.for_node(node)
+        raise
+    except Exception as err:
+        if _passes_through(err):
+            raise
+        raise MuseTalkError(
+            f"unexpected {type(err).__name__}: {err}",
+            fix="this is a bug in the MuseTalk pack; please report it with the console log",
+            node=node,
+        ) from err
+
+
+# --------------------------------------------------------------------------- node classes
+
+
+def _call(d: _spec.NodeDef, kwargs: dict[str, Any]) -> _spec.Result:
+    with errors_for(d.display_name):
+        return d.call(**kwargs)
+
+
+_CUSTOM_TYPES: dict[str, Any] = {}
+
+
+def _v3_type(type_name: str) -> Any:
+    builtin = {
+        _spec.IMAGE: io.Image,
+        _spec.MASK: io.Mask,
+        _spec.AUDIO: io.Audio,
+        _spec.VIDEO: io.Video,
+        _spec.VAE: io.Vae,
+        _spec.INT: io.Int,
+        _spec.FLOAT: io.Float,
+        _spec.BOOLEAN: io.Boolean,
+        _spec.STRING: io.String,
+    }
+    if type_name in builtin:
+        return builtin[type_name]
+    if type_name not in _CUSTOM_TYPES:
+        _CUSTOM_TYPES[type_name] = io.Custom(type_name)
+    return _CUSTOM_TYPES[type_name]
+
+
+def _v3_input(spec: _spec.In) -> Any:
+    common = {"optional": spec.optional, "tooltip": spec.tooltip}
+    slider = io.NumberDisplay.slider if spec.slider else None
+    if spec.type == _spec.INT:
+        return io.Int.Input(spec.name, default=spec.default, min=spec.min, max=spec.max,
+                            step=spec.step, display_mode=slider, **common)
+    if spec.type == _spec.FLOAT:
+        return io.Float.Input(spec.name, default=spec.default, min=spec.min, max=spec.max,
+                              step=spec.step, display_mode=slider, **common)
+    if spec.type == _spec.BOOLEAN:
+        return io.Boolean.Input(spec.name, default=spec.default, **common)
+    if spec.type == _spec.STRING:
+        return io.String.Input(spec.name, default=spec.default, multiline=spec.multiline, **common)
+    if spec.type == _spec.COMBO:
+        return io.Combo.Input(spec.name, options=spec.choices(), default=spec.default, **common)
+    return _v3_type(spec.type).Input(spec.name, **common)
+
+
+def v3_node_class(d: _spec.NodeDef) -> type:
+    """A V3 ``io.ComfyNode`` subclass for ``d``."""
+
+    def define_schema(cls: type) -> Any:
+        return io.Schema(
+            node_id=d.node_id,
+            display_name=d.display_name,
+            category=d.category,
+            description=d.description,
+            inputs=[_v3_input(i) for i in d.inputs],
+            outputs=[_v3_type(o.type).Output(display_name=o.name, tooltip=o.tooltip)
+                     for o in d.outputs],
+            is_output_node=d.output_node,
+        )
+
+    def execute(cls: type, **kwargs: Any) -> Any:
+        result = _call(d, kwargs)
+        return io.NodeOutput(*result.values, ui=result.ui)
+
+    attrs: dict[str, Any] = {
+        "define_schema": classmethod(define_schema),
+        "execute": classmethod(execute),
+        "__doc__": d.description,
+    }
+    if d.fingerprint is not None:
+        fingerprint = d.fingerprint
+
+        def fingerprint_inputs(cls: type, **kwargs: Any) -> Any:
+            return fingerprint(**kwargs)
+
+        attrs["fingerprint_inputs"] = classmethod(fingerprint_inputs)
+    return type(d.node_id, (io.ComfyNode,), attrs)
+
+
+def _v1_input(spec: _spec.In) -> tuple[Any, dict[str, Any]]:
+    opts: dict[str, Any] = {"tooltip": spec.tooltip}
+    for key in ("default", "min", "max", "step"):
+        value = getattr(spec, key)
+        if value is not None:
+            opts[key] = value
+    if spec.multiline:
+        opts["multiline"] = True
+    if spec.slider:
+        opts["display"] = "slider"
+    if spec.type == _spec.COMBO:
+        return (spec.choices(), opts)
+    return (spec.type, opts)
+
+
+def v1_node_class(d: _spec.NodeDef) -> type:
+    """A classic (V1) node class for ``d``, for hosts without ``comfy_api.latest``."""
+
+    def input_types(cls: type) -> dict[str, Any]:
+        required = {i.name: _v1_input(i) for i in d.inputs if not i.optional}
+        optional = {i.name: _v1_input(i) for i in d.inputs if i.optional}
+        return {"required": required, "optional": optional}
+
+    def run(self: Any, **kwargs: Any) -> Any:
+        result = _call(d, kwargs)
+        if result.ui is not None:
+            return {"ui": result.ui, "result": result.values}
+        return result.values
+
+    attrs: dict[str, Any] = {
+        "INPUT_TYPES": classmethod(input_types),
+        "RETURN_TYPES": tuple(o.type for o in d.outputs),
+        "RETURN_NAMES": tuple(o.name for o in d.outputs),
+        "OUTPUT_TOOLTIPS": tuple(o.tooltip for o in d.outputs),
+        "FUNCTION": "run",
+        "CATEGORY": d.category,
+        "DESCRIPTION": d.description,
+        "OUTPUT_NODE": d.output_node,
+        "run": run,
+    }
+    if d.fingerprint is not None:
+        fingerprint = d.fingerprint
+
+        def is_changed(cls: type, **kwargs: Any) -> Any:
+            return fingerprint(**kwargs)
+
+        attrs["IS_CHANGED"] = classmethod(is_changed)
+    return type(d.node_id, (), attrs)
+
+
+def v1_mappings(defs: Sequence[_spec.NodeDef]) -> tuple[dict[str, type], dict[str, str]]:
+    """``NODE_CLASS_MAPPINGS`` and ``NODE_DISPLAY_NAME_MAPPINGS`` for ``defs``."""
+    classes = {d.node_id: v1_node_class(d) for d in defs}
+    names = {d.node_id: d.display_name for d in defs}
+    return classes, names
+
+
+def v3_entrypoint(defs: Sequence[_spec.NodeDef]) -> Any:
+    """A ``comfy_entrypoint`` coroutine function returning our ``ComfyExtension``."""
+
+    class MuseTalkExtension(ComfyExtension):
+        async def get_node_list(self) -> list[type]:
+            return [v3_node_class(d) for d in defs]
+
+    async def comfy_entrypoint() -> Any:
+        return MuseTalkExtension()
+
+    return comfy_entrypoint

@@ -1,0 +1,7 @@
+"""MuseTalk audio nodes (declarations only; the work is in musetalk_core)."""
+
+from __future__ import annotations
+
+from ._spec import NodeDef
+
+NODES: list[NodeDef] = []
