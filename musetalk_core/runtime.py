@@ -45,8 +45,9 @@ class Runtime:
         progress: ``(done, total, stage) -> None``; the host's progress bar. It may raise the host's
             interrupt exception.
         check_interrupt: raises if the user asked to stop; called at least once per batch.
-        load_models: makes the given model wrappers resident on ``device`` right before compute
-            (``comfy.model_management.load_models_gpu`` in the host; a no-op here).
+        load_models: makes the given modules resident on ``device`` right before compute (in the
+            host through each module's ``comfy_patcher`` and ``load_models_gpu``, so the host can
+            offload them; outside it a plain ``.to(device)``).
         free_memory: returns free bytes on ``device`` (``None``: unknown).
         oom_exceptions: exception types that mean "out of device memory".
     """
@@ -83,10 +84,16 @@ def default_runtime(
             return int(torch.cuda.mem_get_info(d)[0])
         return None
 
+    def load(modules: Sequence[Any]) -> None:
+        for m in modules:
+            if isinstance(m, torch.nn.Module):
+                m.to(dev)
+
     return Runtime(
         device=dev,
         intermediate_device=torch.device("cpu"),
         dtype=dtype,
         progress=progress or _log_progress,
+        load_models=load,
         free_memory=free,
     )

@@ -175,15 +175,21 @@ def runtime(dtype: torch.dtype | None = None) -> Runtime:
     if model_management is None:
         return default_runtime(dtype=dtype)
 
-    def load(patchers: Sequence[Any]) -> None:
-        if patchers:
-            model_management.load_models_gpu(list(patchers))
+    device = model_management.get_torch_device()
+
+    def load(modules: Sequence[Any]) -> None:
+        patchers = [getattr(m, "comfy_patcher", None) for m in modules]
+        if any(p is not None for p in patchers):
+            model_management.load_models_gpu([p for p in patchers if p is not None])
+        for m, p in zip(modules, patchers, strict=True):
+            if p is None and isinstance(m, torch.nn.Module):
+                m.to(device)
 
     def free(device: torch.device) -> int | None:
         return int(model_management.get_free_memory(device))
 
     return Runtime(
-        device=model_management.get_torch_device(),
+        device=device,
         intermediate_device=model_management.intermediate_device(),
         dtype=dtype,
         progress=_progress_fn(),
