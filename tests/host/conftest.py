@@ -29,7 +29,17 @@ ROOT = Path(__file__).resolve().parents[2]
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 PACK_FOLDER = "musetalk-lipsync"
 
-pytestmark = pytest.mark.skipif(not COMFYUI_PATH, reason="set COMFYUI_PATH to run host tests")
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without ``COMFYUI_PATH`` every test in this folder skips cleanly."""
+    if COMFYUI_PATH:
+        return
+    skip = pytest.mark.skip(reason="set COMFYUI_PATH to a ComfyUI checkout to run host tests")
+    for item in items:
+        if HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(skip)
 
 
 def _free_port() -> int:

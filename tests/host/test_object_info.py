@@ -1,4 +1,4 @@
-"""The real host lists every node of the contract with its wire types, and loads the pack cleanly."""
+"""The real host lists every node of the contract with its wire types; the pack loads cleanly."""
 
 from __future__ import annotations
 
