@@ -1,0 +1,69 @@
+// MuseTalk's crop box from 68 face landmarks (musetalk.md 4.2), in plain JavaScript.
+//
+// A pure ES module with no imports and no side effects: the web extension uses it to redraw the
+// crop box while the user moves bbox_shift / extra_margin, and tests/unit/test_crop_rule_js.py
+// runs it with Node.js and compares it with the Python core, value for value.
+//
+// Landmarks are 68 [x, y] integer pairs in source pixels (iBUG-68 order; 28, 29, 30 are the nose
+// bridge). Boxes are [x1, y1, x2, y2] in source pixels, half-open like numpy slices.
+
+/** The bbox_shift actually applied: REF forces 0 for v1.5. */
+export function effectiveShift(version, bboxShift) {
+  return String(version) === "v1" ? Math.trunc(Number(bboxShift) || 0) : 0;
+}
+
+/**
+ * The crop box of one frame.
+ * @param {number[][]} lm 68 [x, y] integer landmarks.
+ * @param {{version: string, bboxShift?: number, extraMargin?: number, height: number,
+ *          fallback?: number[]|null}} opts fallback is the detector's box, used when the
+ *          landmark box is degenerate (rule step 4).
+ * @returns {number[]|null} [x1, y1, x2, y2], or null when degenerate and no fallback is given.
+ */
+export function cropBox(lm, opts) {
+  const version = String(opts.version);
+  const shift = effectiveShift(version, opts.bboxShift);
+  const ys = lm.map((p) => Math.trunc(p[1]));
+  const xs = lm.map((p) => Math.trunc(p[0]));
+  if (shift !== 0) ys[29] += shift; // in place: the shifted point takes part in the max below
+  const yc = ys[29];
+  const y2 = Math.max(...ys);
+  const y1 = Math.max(0, yc - (y2 - yc));
+  const x1 = Math.min(...xs);
+  const x2 = Math.max(...xs);
+  let box = [x1, y1, x2, y2];
+  if (y2 - y1 <= 0 || x2 - x1 <= 0 || x1 < 0) {
+    if (!opts.fallback) return null;
+    box = opts.fallback.map((v) => Math.trunc(v));
+  }
+  if (version !== "v1") {
+    const margin = Math.trunc(Number(opts.extraMargin) || 0);
+    box[3] = Math.min(box[3] + margin, Math.trunc(opts.height));
+  }
+  return box;
+}
+
+/**
+ * The usable bbox_shift range over a clip, as REF prints it:
+ * [-int(mean(lm30.y - lm29.y)), int(mean(lm29.y - lm28.y))] over the frames with a face.
+ * @param {(number[][]|null)[]} frames landmarks per frame (null: no face).
+ * @returns {number[]|null} [low, high], or null when no frame has a face.
+ */
+export function bboxShiftRange(frames) {
+  let minus = 0;
+  let plus = 0;
+  let n = 0;
+  for (const lm of frames) {
+    if (!lm) continue;
+    minus += Math.trunc(lm[30][1]) - Math.trunc(lm[29][1]);
+    plus += Math.trunc(lm[29][1]) - Math.trunc(lm[28][1]);
+    n += 1;
+  }
+  if (n === 0) return null;
+  return [-Math.trunc(minus / n) || 0, Math.trunc(plus / n) || 0];
+}
+
+/** The mask line: MuseTalk masks the lower half of the 256x256 crop (rows 128..255). */
+export function maskTop(box) {
+  return box[1] + (box[3] - box[1]) / 2;
+}
