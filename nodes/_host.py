@@ -22,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -147,16 +149,27 @@ def temp_directory() -> str | None:
 
 
 def _progress_fn() -> Any:
-    """A ``(done, total, stage)`` callback backed by one ProgressBar per stage."""
-    state: dict[str, Any] = {"bar": None, "key": None}
+    """A ``(done, total, stage)`` callback backed by one ProgressBar per stage.
+
+    Each call also sends ``musetalk.progress`` (``{"node", "stage", "done", "total"}``) to the
+    browser tab that queued the prompt, so the web extension can show the stage on the node; these
+    events are throttled to about ten a second (stage changes and the last step always go out).
+    """
+    state: dict[str, Any] = {"bar": None, "key": None, "sent": 0.0}
 
     def progress(done: int, total: int, stage: str) -> None:
         if comfy_utils is None:
             return
         key = (stage, total)
-        if state["key"] != key:
+        changed = state["key"] != key
+        if changed:
             state["bar"], state["key"] = comfy_utils.ProgressBar(max(int(total), 1)), key
         state["bar"].update_absolute(int(done), max(int(total), 1))
+        now = time.monotonic()
+        if changed or int(done) >= int(total) or now - state["sent"] >= 0.1:
+            state["sent"] = now
+            send_event("musetalk.progress", {"node": executing_node_id(), "stage": str(stage),
+                                             "done": int(done), "total": int(total)})
 
     return progress
 
@@ -379,3 +392,107 @@ def v3_entrypoint(defs: Sequence[_spec.NodeDef]) -> Any:
         return MuseTalkExtension()
 
     return comfy_entrypoint
+
+
+# --------------------------------------------------------------------------- web extension
+
+
+def _prompt_server() -> Any:
+    """The host's ``PromptServer.instance`` (``None`` outside the host or before it exists)."""
+    if not IN_HOST:
+        return None
+    try:
+        from server import PromptServer
+    except ImportError:
+        return None
+    return getattr(PromptServer, "instance", None)
+
+
+def add_route(method: str, path: str, handler: Any) -> bool:
+    """Register an aiohttp ``handler`` for ``method path`` on the host's server.
+
+    The host mirrors every route under ``/api`` too. Returns False (and does nothing) outside
+    the host.
+    """
+    server = _prompt_server()
+    if server is None:
+        return False
+    server.routes.route(method.upper(), path)(handler)
+    return True
+
+
+def register_routes(routes: Sequence[tuple[str, str, Any]]) -> int:
+    """Register ``(method, path, handler)`` routes; a failure is logged, never raised.
+
+    Returns how many were registered (0 outside the host).
+    """
+    count = 0
+    for method, path, handler in routes:
+        try:
+            count += bool(add_route(method, path, handler))
+        except Exception as err:  # the nodes must load even if a route cannot
+            log.warning("could not register %s %s: %s", method, path, err)
+    return count
+
+
+def send_event(name: str, data: dict[str, Any], *, broadcast: bool = False) -> None:
+    """Send a websocket event to the tab that queued the prompt (every tab if ``broadcast``).
+
+    A no-op outside the host; never raises (the web extension is optional).
+    """
+    server = _prompt_server()
+    if server is None:
+        return
+    try:
+        server.send_sync(name, data, None if broadcast else server.client_id)
+    except Exception as err:  # pragma: no cover - defensive
+        log.debug("could not send %s: %s", name, err)
+
+
+def executing_node_id() -> str | None:
+    """The id of the node the host is executing now (``None`` outside a node's execution)."""
+    if not IN_HOST:
+        return None
+    try:
+        from comfy_execution.utils import get_executing_context
+    except ImportError:
+        return None
+    ctx = get_executing_context()
+    return None if ctx is None else str(ctx.node_id)
+
+
+def save_preview_images(frames: Any, *, max_side: int = 384, prefix: str = "musetalk_preview",
+                        quality: int = 85) -> list[dict[str, str]]:
+    """Save frames as small JPEG files in the host's temp folder, for the web extension.
+
+    Args:
+        frames: uint8 ``[N, H, W, 3]`` RGB (numpy or tensor) or float 0..1 ``[N, H, W, 3]``.
+        max_side: frames are downscaled so their longer side is at most this many pixels.
+
+    Returns:
+        ``[{"filename", "subfolder", "type": "temp"}, ...]`` as ``/view`` expects; ``[]`` outside
+        the host (nothing is written there).
+    """
+    folder = temp_directory()
+    if folder is None or frames is None or len(frames) == 0:
+        return []
+    from PIL import Image
+
+    batch = torch.as_tensor(frames)
+    if batch.is_floating_point():
+        batch = (batch.clamp(0, 1) * 255).round().to(torch.uint8)
+    batch = batch[..., :3].cpu()
+    h, w = int(batch.shape[1]), int(batch.shape[2])
+    scale = min(1.0, max_side / max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    os.makedirs(folder, exist_ok=True)
+    tag = uuid.uuid4().hex[:10]
+    saved = []
+    for i, frame in enumerate(batch):
+        img = Image.fromarray(frame.numpy())
+        if size != (w, h):
+            img = img.resize(size, Image.BILINEAR)
+        name = f"{prefix}_{tag}_{i:03d}.jpg"
+        img.save(os.path.join(folder, name), quality=quality)
+        saved.append({"filename": name, "subfolder": "", "type": "temp"})
+    return saved
