@@ -6,11 +6,12 @@ otherwise through the classic ``NODE_CLASS_MAPPINGS``; never both. Nothing heavy
 or downloaded here.
 """
 
-from .nodes import _host, node_defs
+from .nodes import _host, node_defs, web_routes
 
 WEB_DIRECTORY = "./web"
 
 _host.register_model_folders()
+_host.register_routes(web_routes.ROUTES)
 
 if _host.HAS_V3:
     comfy_entrypoint = _host.v3_entrypoint(node_defs())
