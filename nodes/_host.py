@@ -145,6 +145,24 @@ def temp_directory() -> str | None:
     return folder_paths.get_temp_directory() if folder_paths is not None else None
 
 
+def video_from_file(path: str) -> Any:
+    """A file-backed VIDEO value for ``path``.
+
+    In the host: ``comfy_api.latest.InputImpl.VideoFromFile(path)``, so every VIDEO consumer
+    (SaveVideo remuxes it, GetVideoComponents decodes it) sees the standard class. Outside the
+    host: :class:`musetalk_core.streaming.FileVideo`, a minimal stand-in with
+    ``get_stream_source``, ``get_dimensions``, ``get_duration``, ``save_to`` and
+    ``get_components``.
+    """
+    try:
+        from comfy_api.latest import InputImpl
+    except ImportError:
+        from ..musetalk_core.streaming import FileVideo
+
+        return FileVideo(path)
+    return InputImpl.VideoFromFile(path)
+
+
 # --------------------------------------------------------------------------- runtime
 
 
