@@ -114,6 +114,10 @@ class VideoReader:
             self._container.close()
             raise
         self._used = False
+        self.raw_pts: list[int | None] = []
+        """The container's own pts of every frame :meth:`chunks` yielded so far (for seeking)."""
+        self.complete = False
+        """True once :meth:`chunks` reached the end of the stream (``raw_pts`` is then whole)."""
 
     def _init_streams(self) -> None:
         container = self._container
@@ -216,7 +220,7 @@ class VideoReader:
         stamps: list[int] = []
         index = 0
         k_rot = self.rotation // 90
-        target = (self.height, self.width) if k_rot % 2 == 0 else (self.width, self.height)
+        target = self._raw_size()
         warned_size = False
         decoded = self._container.decode(self._stream)
         while True:
@@ -238,14 +242,27 @@ class VideoReader:
                     warned_size = True
                 arr = _letterbox(arr, target)
             last = guard_pts(frame.pts, last, step)
+            self.raw_pts.append(frame.pts)
             frames.append(arr)
             stamps.append(last)
             index += 1
             if len(frames) == n:
                 yield self._batch(frames, k_rot), stamps
                 frames, stamps = [], []
+        self.complete = True
         if frames:
             yield self._batch(frames, k_rot), stamps
+
+    def _raw_size(self) -> tuple[int, int]:
+        """``(H, W)`` of decoded frames before rotation."""
+        rotated = (self.rotation // 90) % 2 == 1
+        return (self.width, self.height) if rotated else (self.height, self.width)
+
+    def seeker(self) -> FrameSeeker:
+        """Random access to the frames by index, after :meth:`chunks` has run to the end."""
+        if not self.complete:
+            raise RuntimeError("VideoReader.seeker() needs a finished chunks() pass")
+        return FrameSeeker(self)
 
     @staticmethod
     def _batch(frames: list[np.ndarray], k_rot: int) -> torch.Tensor:
@@ -308,6 +325,116 @@ class VideoReader:
     def __repr__(self) -> str:
         return (f"VideoReader({self.path!r}, {self.width}x{self.height}, fps={self.fps}, "
                 f"frames={self.frame_count})")
+
+
+class FrameSeeker:
+    """Frames of a video by index, decoded again on demand (bounded memory).
+
+    Built by :meth:`VideoReader.seeker` from the container timestamps recorded in the first
+    pass. A request is split into runs of nearby indices; each run continues the open decoder
+    when it lies a little ahead of it, and otherwise seeks to the keyframe at or before its
+    first frame (at most one GOP of extra decoding per run). Files whose timestamps are missing
+    or not increasing cannot be seeked reliably: they are decoded again from the start (logged).
+    Only the frames of the latest request are kept, so repeated indices (a held last frame, the
+    turn of a ping-pong) cost nothing, and memory is bounded by the request size.
+    """
+
+    GAP = 48
+    """Indices closer than this are decoded in one run rather than with a new seek."""
+
+    def __init__(self, reader: VideoReader) -> None:
+        self._reader = reader
+        self._raw = list(reader.raw_pts)
+        self.count = len(self._raw)
+        ok = all(p is not None for p in self._raw) and all(
+            b > a for a, b in zip(self._raw, self._raw[1:], strict=False))
+        self._seekable = ok
+        if not ok:
+            log.warning("%s has missing or repeated timestamps; frames needed again are "
+                        "decoded from the start (slower)", reader.path)
+        self._index_of = {p: i for i, p in enumerate(self._raw)} if ok else {}
+        self._container: Any = None
+        self._frames: Iterator[Any] | None = None
+        self._pos: int | None = None  # index of the next frame the open decoder yields
+        self._cache: dict[int, np.ndarray] = {}
+        self.seeks = 0
+
+    def get(self, indices: torch.Tensor | list[int]) -> torch.Tensor:
+        """uint8 ``[k, H, W, 3]`` RGB frames at ``indices`` (each in ``0..count-1``), in order."""
+        wanted = [int(i) for i in torch.as_tensor(indices).tolist()]
+        if any(i < 0 or i >= self.count for i in wanted):
+            raise IndexError(f"frame index out of 0..{self.count - 1}")
+        have = {i: self._cache[i] for i in set(wanted) if i in self._cache}
+        todo = sorted(set(wanted) - set(have))
+        runs: list[list[int]] = []
+        for i in todo:
+            if runs and i - runs[-1][-1] <= self.GAP:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        for run in runs:
+            have.update(self._decode_run(run))
+        self._cache = have
+        k_rot = self._reader.rotation // 90
+        return VideoReader._batch([have[i] for i in wanted], k_rot)
+
+    def _open(self, start: int) -> None:
+        """Position a decoder so it yields frame ``start`` (or an earlier one) next."""
+        import av
+
+        if self._seekable and start > 0 and self._container is not None:
+            stream = self._container.streams.video[0]
+            self._container.seek(int(self._raw[start]), stream=stream, backward=True,
+                                 any_frame=False)
+            self._pos = None  # known again from the first frame's pts
+        else:
+            self.close()
+            self._container = av.open(self._reader.path, mode="r")
+            stream = self._container.streams.video[0]
+            stream.thread_type = "AUTO"
+            if self._seekable and start > 0:
+                self._container.seek(int(self._raw[start]), stream=stream, backward=True,
+                                     any_frame=False)
+                self._pos = None
+            else:
+                self._pos = 0
+        self.seeks += 1
+        self._frames = self._container.decode(self._container.streams.video[0])
+
+    def _decode_run(self, run: list[int]) -> dict[int, np.ndarray]:
+        lo, hi = run[0], run[-1]
+        wanted = set(run)
+        ahead = self._pos is not None and self._frames is not None and lo >= self._pos
+        if not (ahead and (lo - self._pos <= self.GAP or not self._seekable)):
+            self._open(lo)
+        assert self._frames is not None
+        target = self._reader._raw_size()
+        out: dict[int, np.ndarray] = {}
+        for frame in self._frames:
+            if self._pos is None:
+                idx = self._index_of.get(frame.pts)
+                if idx is None:
+                    continue
+            else:
+                idx = self._pos
+            self._pos = idx + 1
+            if idx in wanted:
+                arr = frame.to_ndarray(format="rgb24")
+                out[idx] = arr if arr.shape[:2] == target else _letterbox(arr, target)
+            if idx >= hi:
+                break
+        missing = wanted - set(out)
+        if missing:
+            raise RuntimeError(f"{self._reader.path}: could not decode frame(s) "
+                               f"{sorted(missing)[:5]} again")
+        return out
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+            self._frames = None
+            self._pos = None
 
 
 def _letterbox(arr: np.ndarray, target: tuple[int, int]) -> np.ndarray:
