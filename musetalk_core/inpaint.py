@@ -277,6 +277,6 @@ def inpaint(
         crops=crops,
         source_index=faces.index[si],
         generated=True,
-        cache={},
+        cache=faces.cache,  # shared: the blend memoises per source frame there too
         info=info,
     )
