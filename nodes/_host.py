@@ -514,3 +514,66 @@ def save_preview_images(frames: Any, *, max_side: int = 384, prefix: str = "muse
         img.save(os.path.join(folder, name), quality=quality)
         saved.append({"filename": name, "subfolder": "", "type": "temp"})
     return saved
+
+
+# --------------------------------------------------------------------------- model placement
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def model_devices() -> tuple[torch.device, torch.device]:
+    """``(load_device, offload_device)`` for the pack's models (CPU, CPU outside the host)."""
+    if model_management is None:
+        return torch.device("cpu"), torch.device("cpu")
+    return model_management.get_torch_device(), model_management.unet_offload_device()
+
+
+def supports_dtype(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether ``device`` computes in ``dtype`` (the host's capability queries where present)."""
+    if dtype == torch.float32 or device.type == "cpu":
+        return True  # CPU: the loader's one-batch probe decides
+    if model_management is not None:
+        query = (model_management.should_use_bf16 if dtype == torch.bfloat16
+                 else model_management.should_use_fp16)
+        return bool(query(device, prioritize_performance=False, manual_cast=True))
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        return bool(torch.cuda.is_bf16_supported())
+    return True
+
+
+def choose_dtype(requested: str, device: torch.device) -> tuple[torch.dtype, str | None]:
+    """The dtype for a loader's ``dtype`` input, and a warning when a fallback was taken.
+
+    ``auto``: fp32 on CPU; elsewhere the host's choice (fp16 where it would use fp16, else bf16,
+    else fp32). An explicit bf16 without support falls back to fp16 (or fp32), fp16 to fp32.
+    """
+    if requested == "auto":
+        if device.type == "cpu":
+            return torch.float32, None
+        if model_management is not None:
+            if model_management.should_use_fp16(device):
+                return torch.float16, None
+            if model_management.should_use_bf16(device):
+                return torch.bfloat16, None
+            return torch.float32, None
+        return torch.float16, None
+    dtype = DTYPES[requested]
+    if supports_dtype(dtype, device):
+        return dtype, None
+    if dtype == torch.bfloat16 and supports_dtype(torch.float16, device):
+        return torch.float16, f"bf16 not supported on {device}; using fp16. Fix: dtype auto"
+    return torch.float32, f"{requested} not supported on {device}; using fp32. Fix: dtype auto"
+
+
+def attach_patcher(module: Any, load_device: torch.device, offload_device: torch.device) -> Any:
+    """Give ``module`` a host ``ModelPatcher`` (``module.comfy_patcher``) so the host can offload
+    it; outside the host, or for non-modules, nothing happens. Returns ``module``."""
+    if model_management is None or not isinstance(module, torch.nn.Module):
+        return module
+    import comfy.model_patcher
+
+    size = sum(t.numel() * t.element_size()
+               for t in list(module.parameters()) + list(module.buffers()))
+    module.comfy_patcher = comfy.model_patcher.ModelPatcher(
+        module, load_device=load_device, offload_device=offload_device, size=size)
+    return module
