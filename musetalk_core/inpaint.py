@@ -87,6 +87,15 @@ def _latent_cache(faces: MuseTalkFaces, vae: LatentVAE, dtype: torch.dtype,
     return entry
 
 
+def latent_memo(faces: MuseTalkFaces, vae: LatentVAE, runtime: Runtime) -> SourceLatents:
+    """The latent memo of ``vae`` in ``faces.cache`` (created empty if absent).
+
+    Callers that keep latents across ``MuseTalkFaces`` values (the chunked pipeline) read and
+    fill it; rows with ``done`` set are never encoded again.
+    """
+    return _latent_cache(faces, vae, torch.float32, runtime.intermediate_device)
+
+
 def crops_to_pixels(crops: torch.Tensor, device: torch.device,
                     dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 ``[B, 256, 256, 3]`` crops -> (masked, full) float ``[B, 3, 256, 256]`` in 0..1.

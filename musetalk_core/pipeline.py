@@ -1,0 +1,521 @@
+"""The whole job, chunk by chunk: frames + speech -> lip-synced frames (CLI and streaming node).
+
+:class:`LipSyncProcessor` is the per-clip state machine. Give it the models, the settings and the
+speech features; then hand it chunks of the output timeline (source frames with their source and
+output indices, as :class:`musetalk_core.streaming.Chunk` carries them, in any order and with
+repeats). For each chunk it
+
+1. finds the face geometry of source frames it has not seen (landmarks from the detector, or
+   given ones), keeping it for the whole clip (about 0.5 KiB a frame), so a ping-pong walk that
+   comes back to a frame reuses its box;
+2. crops the faces (:func:`musetalk_core.crop.crop_resize`);
+3. encodes, runs the UNet and decodes (:func:`musetalk_core.inpaint.inpaint`), reusing the
+   latents of recently seen source frames (a bounded memo: a still image is encoded once);
+4. blends the faces back (:func:`musetalk_core.blend.blend_faces`).
+
+These are the same core functions the separate nodes call; no step has a second implementation.
+Memory depends on the chunk size, not on the clip's length. :func:`lipsync_file` drives it
+from files (the CLI): a video through :func:`musetalk_core.streaming.stream_video`, a still
+image through a plain loop over the output timeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import blend, crop, inpaint, timeline
+from .errors import FaceError, InputError, WeightsError
+from .runtime import Runtime
+from .types import LatentVAE, MuseTalkAudio, MuseTalkFaces, version_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LipSyncModels:
+    """The loaded models of one run.
+
+    Attributes:
+        unet: ``MuseTalkUNet`` (its ``.version`` sets the crop rule and blend defaults).
+        vae: a ``LatentVAE`` (``DiffusersLatentVAE`` or ``HostLatentVAE``).
+        whisper: ``WhisperEncoder`` (only needed to turn speech into features here).
+        detector: ``FaceDetector``, or ``None`` when landmarks are given.
+        parser: ``FaceParser``, or ``None`` for the feathered-ellipse blend.
+    """
+
+    unet: Any
+    vae: LatentVAE
+    whisper: Any = None
+    detector: Any = None
+    parser: Any = None
+
+    @property
+    def version(self) -> str:
+        return str(getattr(self.unet, "version", "v1.5"))
+
+
+@dataclass(frozen=True)
+class LipSyncSettings:
+    """The main knobs (defaults are REF's).
+
+    Attributes:
+        bbox_shift: v1 only: moves the mask line (pixels; REF forces 0 for v1.5).
+        extra_margin: v1.5 margin below the box (``None``: the version's default, 10).
+        length_policy: ``pingpong``, ``loop``, ``hold_last`` or ``trim``.
+        parsing_mode: ``None`` (auto: jaw for v1.5, raw for v1; ellipse without a parser),
+            ``jaw``, ``raw``, ``neck`` or ``ellipse``.
+        left_cheek_width, right_cheek_width, feather: blend settings (musetalk.md 5).
+        batch_size: frames per model batch (0: from free memory, halving on out-of-memory).
+        chunk_size: output frames per chunk (streaming paths).
+        latent_memo: source frames whose latents are kept between chunks.
+    """
+
+    bbox_shift: int = 0
+    extra_margin: int | None = None
+    length_policy: str = timeline.DEFAULT_POLICY
+    parsing_mode: str | None = None
+    left_cheek_width: int = 90
+    right_cheek_width: int = 90
+    feather: float = 0.05
+    batch_size: int = 0
+    chunk_size: int = 32
+    latent_memo: int = 1024
+
+
+# --------------------------------------------------------------------------- landmarks
+
+
+def load_landmarks(path: str | os.PathLike[str], *, face: int = 0) -> np.ndarray:
+    """Landmarks per source frame from a file: float32 ``[N, 68, 2]``, NaN where no face.
+
+    Accepts the shared-media ``.landmarks.npz`` (``landmarks`` ``[N, faces, 68, 2]`` or
+    ``[N, 68, 2]``; slot ``face``) or a ``POSE_KEYPOINT`` ``.json`` (one dict per frame with
+    ``people[*].face_keypoints_2d``; the first person).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"{path} does not exist", input_name="--landmarks",
+                         fix="check the file name")
+    if path.endswith(".json"):
+        import json
+
+        with open(path, encoding="utf-8") as fh:
+            pose = json.load(fh)
+        return pose_to_landmarks(pose)
+    try:
+        data = np.load(path)
+        lm = np.asarray(data["landmarks"], dtype=np.float32)
+    except (OSError, ValueError, KeyError) as err:
+        raise InputError(f"{path} is not a landmarks .npz with a 'landmarks' array ({err})",
+                         input_name="--landmarks",
+                         fix="pass a .landmarks.npz or a POSE_KEYPOINT .json") from err
+    if lm.ndim == 4:
+        lm = lm[:, face]
+    if lm.ndim != 3 or lm.shape[1:] != (68, 2):
+        raise InputError(f"landmarks have shape {lm.shape}, expected [N, 68, 2]",
+                         input_name="--landmarks", fix="pass 68-point landmarks")
+    return lm
+
+
+def pose_to_landmarks(pose: Any) -> np.ndarray:
+    """``POSE_KEYPOINT`` (list of frame dicts) -> float32 ``[N, 68, 2]`` pixels, NaN: no face."""
+    frames = pose if isinstance(pose, list) else [pose]
+    out = np.full((len(frames), 68, 2), np.nan, np.float32)
+    for i, fr in enumerate(frames):
+        people = (fr or {}).get("people") or []
+        pts = next((p.get("face_keypoints_2d") for p in people if p.get("face_keypoints_2d")),
+                   None)
+        if not pts:
+            continue
+        arr = np.asarray(pts, np.float64).reshape(-1, 3)[:68, :2]
+        if arr.shape[0] < 68:
+            continue
+        if arr.max() <= 1.0:  # normalised coordinates (OpenPose node)
+            arr = arr * [fr.get("canvas_width", 1), fr.get("canvas_height", 1)]
+        out[i] = np.round(arr * 1000) / 1000  # 299.99999 -> 300.0 before int truncation
+    return out
+
+
+# --------------------------------------------------------------------------- processor
+
+
+@dataclass
+class _Geometry:
+    boxes: torch.Tensor
+    has_face: torch.Tensor
+    landmarks: torch.Tensor
+
+
+@dataclass
+class ProcessorStats:
+    frames: int = 0
+    faces: int = 0
+    encoded: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class LipSyncProcessor:
+    """Per-clip state for chunked lip sync (module notes). Call :meth:`process` per chunk.
+
+    Args:
+        models: the loaded models.
+        settings: the knobs.
+        audio: the speech's whisper features (their ``fps`` is the video's).
+        runtime: device, dtype, progress, interruption, memory.
+        source_size: ``(height, width)`` of the source frames.
+        landmarks: optional float ``[N, 68, 2]`` landmarks per source frame (NaN: no face)
+            instead of the detector.
+    """
+
+    def __init__(self, models: LipSyncModels, settings: LipSyncSettings, audio: MuseTalkAudio,
+                 runtime: Runtime, source_size: tuple[int, int],
+                 landmarks: np.ndarray | torch.Tensor | None = None) -> None:
+        if models.detector is None and landmarks is None:
+            raise InputError("neither a face detector nor landmarks were given",
+                             input_name="detector",
+                             fix="connect MuseTalk Face Detector Loader, or pass landmarks")
+        self.models = models
+        self.settings = settings
+        self.audio = audio
+        self.runtime = runtime
+        self.version = models.version
+        vs = version_settings(self.version)
+        self.extra_margin = (vs.extra_margin if settings.extra_margin is None
+                             else int(settings.extra_margin)) if self.version == "v1.5" else 0
+        self.bbox_shift = int(settings.bbox_shift) if vs.bbox_shift_allowed else 0
+        self.source_size = (int(source_size[0]), int(source_size[1]))
+        self.landmarks = (None if landmarks is None
+                          else torch.as_tensor(np.asarray(landmarks, np.float32)))
+        self._geo: dict[int, tuple[torch.Tensor, bool, torch.Tensor]] = {}
+        self._latents: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.stats = ProcessorStats()
+
+    # ---------------------------------------------------------------- geometry
+
+    def _landmarks_for(self, frames: torch.Tensor, src: list[int]) -> tuple[torch.Tensor,
+                                                                           torch.Tensor,
+                                                                           torch.Tensor | None]:
+        """float ``[k, 68, 2]`` landmarks, bool ``[k]`` has_face, detector boxes or None."""
+        if self.landmarks is not None:
+            n = self.landmarks.shape[0]
+            if max(src) >= n:
+                if n == 1:  # a still image's landmarks apply to every repeat
+                    lm = self.landmarks[[0] * len(src)]
+                else:
+                    raise InputError(f"the landmarks cover {n} frames but frame {max(src)} is "
+                                     "needed", input_name="landmarks",
+                                     fix="give landmarks for every source frame")
+            else:
+                lm = self.landmarks[src]
+            has = torch.isfinite(lm).all(dim=(1, 2))
+            return torch.nan_to_num(lm), has, None
+        return self._detect(frames)
+
+    def _detect(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        det = self.models.detector
+        self.runtime.load_models([det])
+        found = det.detect(frames.to(self.runtime.device))
+        k = frames.shape[0]
+        lm = torch.zeros(k, 68, 2)
+        has = torch.zeros(k, dtype=torch.bool)
+        boxes = torch.zeros(k, 4)
+        for i, d in enumerate(found):
+            if d is None or len(d) == 0:
+                continue
+            best = d[torch.argmax(d[:, 4])] if d.shape[0] > 1 else d[0]
+            pts = det.landmarks(frames[i:i + 1].to(self.runtime.device), best[None, :4])
+            lm[i] = pts[0].float().cpu()
+            boxes[i] = best[:4].float().cpu()
+            has[i] = True
+        return lm, has, boxes
+
+    def _geometry(self, frames: torch.Tensor, src: list[int]) -> None:
+        todo = [j for j, s in enumerate(src) if s not in self._geo]
+        if not todo:
+            return
+        t0 = time.perf_counter()
+        ids = [src[j] for j in todo]
+        lm, has, det = self._landmarks_for(frames[todo], ids)
+        h, w = self.source_size
+        boxes, ok, _ = crop.crop_boxes(lm, has, version=self.version, height=h, width=w,
+                                       bbox_shift=self.bbox_shift,
+                                       extra_margin=self.extra_margin, det_boxes=det)
+        for j, s in enumerate(ids):
+            self._geo[s] = (boxes[j], bool(ok[j]), lm[j])
+        self._tick("detection", t0)
+
+    def _tick(self, stage: str, t0: float) -> None:
+        self.stats.seconds[stage] = self.stats.seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+    # ---------------------------------------------------------------- chunks
+
+    def faces_for(self, frames: torch.Tensor, source_index: torch.Tensor
+                  ) -> tuple[MuseTalkFaces, torch.Tensor, list[int]]:
+        """Source faces of the chunk's distinct source frames.
+
+        Returns:
+            ``(faces, local, unique)``: faces with one row per distinct source frame (in
+            ``unique`` order, ``source_index`` local), the row of each chunk frame, and the
+            distinct global source indices.
+        """
+        src = [int(s) for s in source_index.tolist()]
+        self._geometry(frames, src)
+        unique = list(dict.fromkeys(src))
+        first = {s: src.index(s) for s in unique}
+        local = torch.tensor([unique.index(s) for s in src], dtype=torch.int64)
+        rows = [first[s] for s in unique]
+        boxes = torch.stack([self._geo[s][0] for s in unique])
+        has = torch.tensor([self._geo[s][1] for s in unique], dtype=torch.bool)
+        lms = torch.stack([self._geo[s][2] for s in unique]).float()
+        t0 = time.perf_counter()
+        crops = crop.crop_resize(frames[rows], boxes, has)
+        self._tick("crop", t0)
+        faces = MuseTalkFaces(boxes=boxes, has_face=has, landmarks=lms, crops=crops,
+                              source_size=self.source_size, version=self.version,
+                              bbox_shift=self.bbox_shift, extra_margin=self.extra_margin)
+        return faces, local, unique
+
+    def _seed_latents(self, faces: MuseTalkFaces, unique: list[int]) -> None:
+        memo = inpaint.latent_memo(faces, self.models.vae, self.runtime)
+        for j, s in enumerate(unique):
+            got = self._latents.get(s)
+            if got is not None and bool(faces.has_face[j]):
+                memo.masked[j], memo.full[j] = got
+                memo.done[j] = True
+                self._latents.move_to_end(s)
+
+    def _keep_latents(self, faces: MuseTalkFaces, unique: list[int]) -> None:
+        cap = int(self.settings.latent_memo)
+        if cap <= 0:
+            return
+        memo = inpaint.latent_memo(faces, self.models.vae, self.runtime)
+        for j, s in enumerate(unique):
+            if bool(memo.done[j]):
+                self._latents[s] = (memo.masked[j].clone(), memo.full[j].clone())
+                self._latents.move_to_end(s)
+        while len(self._latents) > cap:
+            self._latents.popitem(last=False)
+
+    def process(self, frames: torch.Tensor, source_index: torch.Tensor,
+                out_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lip-sync one chunk.
+
+        Args:
+            frames: uint8 ``[k, H, W, 3]`` RGB source frames, one per output frame (or float
+                0..1 IMAGE frames: then pass-through pixels keep their float values exactly).
+            source_index: int64 ``[k]`` global source frame of each row.
+            out_index: int64 ``[k]`` output (audio) frame of each row.
+
+        Returns:
+            ``(images, mask)``: float32 ``[k, H, W, 3]`` in 0..1 and ``[k, H, W]``.
+        """
+        rt = self.runtime
+        originals = frames
+        if frames.dtype != torch.uint8:  # host IMAGE: crops from 8-bit pixels, blend on floats
+            frames = (frames.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        faces, local, unique = self.faces_for(frames, source_index)
+        self._seed_latents(faces, unique)
+        t0 = time.perf_counter()
+        gen = inpaint.inpaint(faces, self.audio, self.models.unet, self.models.vae, rt,
+                              source_index=local, frame_indices=out_index,
+                              batch_size=self.settings.batch_size)
+        self._tick("inpaint", t0)
+        self._keep_latents(faces, unique)
+        first = [int(source_index.tolist().index(s)) for s in unique]
+        src_frames = (originals[first].float() if originals.dtype != torch.uint8
+                      else originals[first].float() / 255.0)
+        t0 = time.perf_counter()
+        images, mask = blend.blend_faces(
+            src_frames, gen, runtime=rt, parser=self.models.parser,
+            mode=self.settings.parsing_mode or "auto",
+            left_cheek_width=self.settings.left_cheek_width,
+            right_cheek_width=self.settings.right_cheek_width,
+            feather=self.settings.feather,
+            batch_size=max(1, self.settings.batch_size or 16))
+        self._tick("blend", t0)
+        self.stats.frames += int(frames.shape[0])
+        self.stats.faces += int(gen.has_face.sum())
+        self.stats.encoded += int(gen.info.get("encoded_frames", 0))
+        return images, mask
+
+    def __call__(self, chunk: Any) -> torch.Tensor:
+        """``streaming.ProcessFn``: a ``Chunk`` -> float frames ``[k, H, W, 3]``."""
+        images, _ = self.process(chunk.frames, chunk.source_index, chunk.out_index)
+        return images
+
+    def check_found_faces(self) -> None:
+        """After a run: raise :class:`FaceError` if no frame had a face at all."""
+        if self._geo and not any(v[1] for v in self._geo.values()):
+            raise FaceError(f"no face was found in any of the {len(self._geo)} source frames",
+                            input_name="images",
+                            fix="use footage with a visible frontal face, or give landmarks")
+
+
+# --------------------------------------------------------------------------- files (CLI)
+
+
+def read_audio_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The first audio stream of any file PyAV reads -> host AUDIO dict ``[1, C, n]`` float32."""
+    import av
+
+    path = os.fspath(path)
+    try:
+        container = av.open(path)
+    except (av.FFmpegError, OSError) as err:
+        raise InputError(f"{path} is not a readable audio file ({err})", input_name="--audio",
+                         fix="use a wav, mp3 or m4a file") from err
+    with container:
+        if not container.streams.audio:
+            raise InputError(f"{path} has no audio stream", input_name="--audio",
+                             fix="use a file with speech in it")
+        stream = container.streams.audio[0]
+        rate = int(stream.rate or stream.codec_context.sample_rate)
+        chunks = []
+        for frame in container.decode(stream):
+            arr = frame.to_ndarray()
+            if arr.dtype.kind == "i":
+                arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max + 1)
+            arr = arr.astype(np.float32)
+            channels = len(frame.layout.channels)
+            if frame.format.is_planar:
+                arr = arr.reshape(channels, -1)
+            else:
+                arr = arr.reshape(-1, channels).T
+            chunks.append(arr)
+    if not chunks:
+        raise InputError(f"{path} holds no audio samples", input_name="--audio",
+                         fix="use a file with speech in it")
+    wave = torch.from_numpy(np.concatenate(chunks, axis=1))
+    return {"waveform": wave[None], "sample_rate": rate}
+
+
+def lipsync_file(
+    models: LipSyncModels,
+    settings: LipSyncSettings,
+    runtime: Runtime,
+    *,
+    audio: str,
+    output: str,
+    video: str | None = None,
+    image: str | None = None,
+    fps: float = 25.0,
+    landmarks: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Lip-sync a video or image file with a speech file into an mp4 (speech muxed in)."""
+    from . import streaming
+    from .audio import extract_features
+    from .video_io import VideoWriter, open_video, read_image
+
+    started = time.perf_counter()
+    speech = read_audio_file(audio)
+    lm = load_landmarks(landmarks) if landmarks else None
+    if models.whisper is None:
+        raise WeightsError("no whisper model loaded", input_name="whisper",
+                           fix="load whisper-tiny")
+    if video is not None:
+        with open_video(video) as reader:
+            rate, size = reader.fps, (reader.height, reader.width)
+        feats = extract_features(speech, models.whisper, rate, runtime)
+        proc = LipSyncProcessor(models, settings, feats, runtime, size, landmarks=lm)
+        report = streaming.stream_video(video, speech, output, proc,
+                                        frames_per_chunk=settings.chunk_size,
+                                        length_policy=settings.length_policy, runtime=runtime)
+        frames_out, out_fps = report.frames, report.fps
+    else:
+        still = read_image(image)
+        rate = Fraction(fps).limit_denominator(1001)
+        feats = extract_features(speech, models.whisper, rate, runtime)
+        h, w = int(still.shape[1]), int(still.shape[2])
+        proc = LipSyncProcessor(models, settings, feats, runtime, (h, w), landmarks=lm)
+        n_out = timeline.output_length(1, feats.frame_count, settings.length_policy)
+        wave = speech["waveform"][..., :timeline.samples_for(n_out, rate, speech["sample_rate"])]
+        with VideoWriter(output, rate, w, h, audio={"waveform": wave,
+                                                    "sample_rate": speech["sample_rate"]}) as wr:
+            for a in range(0, n_out, settings.chunk_size):
+                b = min(n_out, a + settings.chunk_size)
+                k = b - a
+                images, _ = proc.process(still.expand(k, -1, -1, -1),
+                                         torch.zeros(k, dtype=torch.int64),
+                                         torch.arange(a, b, dtype=torch.int64))
+                wr.write((images.clamp(0, 1) * 255).round().to(torch.uint8))
+                runtime.step(b, n_out, "lip sync")
+        frames_out, out_fps = n_out, rate
+    proc.check_found_faces()
+    seconds = time.perf_counter() - started
+    summary = {"frames": frames_out, "fps": out_fps, "seconds": seconds,
+               "frames_per_second": frames_out / max(seconds, 1e-9), "output": output,
+               "encoded": proc.stats.encoded, "faces": proc.stats.faces}
+    log.info("MuseTalk: %d frames at %s fps in %.1f s (%.2f frames/s), %d faces, %d encoded "
+             "-> %s", frames_out, out_fps, seconds, summary["frames_per_second"],
+             proc.stats.faces, proc.stats.encoded, output)
+    return summary
+
+
+# --------------------------------------------------------------------------- models (CLI)
+
+
+def _ensure(key: str, roots: dict[str, list[str]], download: bool, progress: Any) -> str:
+    from .weights import download as dl
+    from .weights import registry
+
+    wf = registry.BY_KEY[key]
+    folders = roots[wf.folder]
+    for root in folders:
+        if os.path.isfile(wf.target(root)):
+            return wf.target(root)
+    if not download:
+        raise WeightsError(f"{wf.rel} is missing in {os.path.join(folders[0], wf.subdir)}",
+                           input_name="--models-dir",
+                           fix=f"run without --no-download, or download {wf.source} by hand "
+                               f"into {os.path.join(folders[0], wf.subdir)}")
+    log.info("downloading %s from %s", wf.rel, wf.source)
+    return dl.ensure(wf, folders, progress=progress)
+
+
+def load_models_from_dir(models_dir: str, *, version: str, device: torch.device,
+                         dtype: torch.dtype, need_detector: bool = True, need_parser: bool = True,
+                         download: bool = True, progress: Any = None) -> LipSyncModels:
+    """Load (downloading what is missing) every model from a ``ComfyUI/models``-like folder."""
+    from .models.unet import load_unet
+    from .models.vae import load_vae
+    from .models.whisper import load_whisper
+
+    roots = {"musetalk": [os.path.join(models_dir, "musetalk")],
+             "vae": [os.path.join(models_dir, "vae")]}
+    v15 = version == "v1.5"
+    unet_path = _ensure("unet_v15" if v15 else "unet_v1", roots, download, progress)
+    _ensure("unet_v15_config" if v15 else "unet_v1_config", roots, download, progress)
+    vae_file = _ensure("vae", roots, download, progress)
+    _ensure("vae_config", roots, download, progress)
+    whisper_dir = os.path.join(roots["musetalk"][0], "whisper")
+    if os.path.isfile(os.path.join(whisper_dir, "tiny.pt")) or not os.path.isfile(
+            os.path.join(whisper_dir, "config.json")):
+        whisper_path = _ensure("whisper_tiny_pt", roots, download, progress)
+    else:
+        whisper_path = whisper_dir
+    unet = load_unet(unet_path, version=version, device=device, dtype=dtype)
+    vae = load_vae(os.path.dirname(vae_file), device=device, dtype=dtype)
+    whisper = load_whisper(whisper_path, device=device, dtype=dtype)
+    detector = parser = None
+    if need_detector:
+        from .models.face_detector import load_face_detector
+
+        s3fd = _ensure("s3fd", roots, download, progress)
+        fan = _ensure("fan2d", roots, download, progress)
+        detector = load_face_detector(s3fd, fan, device=device, dtype=dtype)
+    if need_parser:
+        from .models.face_parser import load_face_parser
+
+        parser = load_face_parser(_ensure("face_parser", roots, download, progress),
+                                  device=device, dtype=dtype)
+    return LipSyncModels(unet=unet, vae=vae, whisper=whisper, detector=detector, parser=parser)
