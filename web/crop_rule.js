@@ -13,17 +13,21 @@ export function effectiveShift(version, bboxShift) {
 }
 
 /**
- * The crop box of one frame.
- * @param {number[][]} lm 68 [x, y] integer landmarks.
+ * The crop box of one frame, as musetalk_core.crop.crop_boxes computes it.
+ * @param {number[][]} lm 68 [x, y] landmarks (truncated toward zero like numpy astype(int32)).
  * @param {{version: string, bboxShift?: number, extraMargin?: number, height: number,
- *          fallback?: number[]|null}} opts fallback is the detector's box, used when the
- *          landmark box is degenerate (rule step 4).
- * @returns {number[]|null} [x1, y1, x2, y2], or null when degenerate and no fallback is given.
+ *          width: number, fallback?: number[]|null}} opts fallback is the detector's box
+ *          (float), used when the landmark box is degenerate (rule step 4); without one the
+ *          landmarks' extents clipped to the frame are used (keypoint input).
+ * @returns {number[]|null} [x1, y1, x2, y2] clipped to the frame, or null when it is empty.
  */
 export function cropBox(lm, opts) {
   const version = String(opts.version);
   const shift = effectiveShift(version, opts.bboxShift);
-  const ys = lm.map((p) => Math.trunc(p[1]));
+  const width = Math.trunc(opts.width);
+  const height = Math.trunc(opts.height);
+  const ys0 = lm.map((p) => Math.trunc(p[1]));
+  const ys = ys0.slice();
   const xs = lm.map((p) => Math.trunc(p[0]));
   if (shift !== 0) ys[29] += shift; // in place: the shifted point takes part in the max below
   const yc = ys[29];
@@ -33,13 +37,21 @@ export function cropBox(lm, opts) {
   const x2 = Math.max(...xs);
   let box = [x1, y1, x2, y2];
   if (y2 - y1 <= 0 || x2 - x1 <= 0 || x1 < 0) {
-    if (!opts.fallback) return null;
-    box = opts.fallback.map((v) => Math.trunc(v));
+    if (opts.fallback) {
+      box = opts.fallback.map((v) => Math.trunc(Math.max(0, v)));
+    } else {
+      const lim = [width, height, width, height];
+      box = [Math.min(...xs), Math.min(...ys0), Math.max(...xs), Math.max(...ys0)]
+        .map((v, i) => Math.min(Math.max(0, v), lim[i]));
+    }
   }
   if (version !== "v1") {
     const margin = Math.trunc(Number(opts.extraMargin) || 0);
-    box[3] = Math.min(box[3] + margin, Math.trunc(opts.height));
+    box[3] = Math.min(box[3] + margin, height);
   }
+  const lim = [width, height, width, height];
+  box = box.map((v, i) => Math.min(Math.max(0, v), lim[i]));
+  if (!(box[2] > box[0] && box[3] > box[1])) return null;
   return box;
 }
 

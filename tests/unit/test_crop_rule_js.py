@@ -2,7 +2,7 @@
 
 The JS module is run with Node.js (skipped where ``node`` is absent) over the real landmarks of the
 shared media and over random landmark sets, for both versions and many shifts and margins; every
-box and every bbox_shift range must equal the Python result exactly.
+box and every bbox_shift range must equal ``musetalk_core.crop`` exactly.
 """
 
 from __future__ import annotations
@@ -27,52 +27,12 @@ process.stdin.on("end", () => {
   const job = JSON.parse(raw);
   const boxes = job.cases.map((c) => cropBox(job.landmarks[c.lm], {
     version: c.version, bboxShift: c.shift, extraMargin: c.margin, height: c.height,
-    fallback: c.fallback }));
+    width: c.width, fallback: c.fallback }));
   const ranges = job.clips.map((clip) => bboxShiftRange(clip.map((i) => i < 0 ? null
     : job.landmarks[i])));
   process.stdout.write(JSON.stringify({ boxes, ranges }));
 });
 """
-
-
-def _python_rule():
-    """The core's crop rule if it exists yet, else a transcription of musetalk.md 4.2."""
-    try:
-        from musetalk_core import faces
-    except ImportError:
-        faces = None
-    fn = getattr(faces, "crop_box", None) if faces is not None else None
-    if fn is not None:
-        return fn, getattr(faces, "bbox_shift_range", None)
-    return _spec_box, None
-
-
-def _spec_box(lm, *, version, bbox_shift, extra_margin, height, fallback=None):
-    """musetalk.md 4.2, step by step."""
-    lm = np.asarray(lm).astype(np.int64).copy()
-    if version == "v1" and bbox_shift != 0:
-        lm[29, 1] += bbox_shift
-    yc = lm[29, 1]
-    y2 = int(lm[:, 1].max())
-    y1 = int(max(0, yc - (y2 - yc)))
-    x1, x2 = int(lm[:, 0].min()), int(lm[:, 0].max())
-    box = [x1, y1, x2, y2]
-    if y2 - y1 <= 0 or x2 - x1 <= 0 or x1 < 0:
-        if fallback is None:
-            return None
-        box = [int(v) for v in fallback]
-    if version != "v1":
-        box[3] = min(box[3] + extra_margin, height)
-    return box
-
-
-def _spec_range(clip):
-    lms = [np.asarray(lm).astype(np.int64) for lm in clip if lm is not None]
-    if not lms:
-        return None
-    minus = np.mean([lm[30, 1] - lm[29, 1] for lm in lms])
-    plus = np.mean([lm[29, 1] - lm[28, 1] for lm in lms])
-    return [-int(minus), int(plus)]
 
 
 def _run_js(job: dict) -> dict:
@@ -82,81 +42,141 @@ def _run_js(job: dict) -> dict:
     return json.loads(out.stdout)
 
 
-def _real_landmarks() -> list[tuple[np.ndarray, int]]:
-    """(int landmarks [68,2], frame height) for every face of every shared-media file."""
+def _real_landmarks() -> list[tuple[np.ndarray, int, int]]:
+    """(float landmarks [68,2], height, width) for every face of every shared-media file."""
     media = ROOT.parent / "shared" / "media"
     found = []
     for path in sorted(media.glob("*.landmarks.npz")):
         data = np.load(path)
-        lms, height = data["landmarks"], int(data["height"])
+        lms, height, width = data["landmarks"], int(data["height"]), int(data["width"])
         for frame in lms:
             for face in frame:
                 if not np.isnan(face).any():
-                    found.append((face.astype(np.int64), height))
+                    found.append((face.astype(np.float32), height, width))
     return found
 
 
-def _random_landmarks(rng: np.random.Generator, n: int) -> list[tuple[np.ndarray, int]]:
-    """Random faces, including degenerate ones (off the left edge, flat, at the top)."""
+SIZES = ((64, 96), (480, 640), (1200, 700))
+
+
+def _random_landmarks(rng: np.random.Generator, n: int) -> list[tuple[np.ndarray, int, int]]:
+    """Random faces, including degenerate ones (off the left edge, flat, past the bottom)."""
     out = []
     for i in range(n):
-        height = int(rng.integers(64, 1200))
-        cx, cy = rng.integers(-20, 600), rng.integers(0, height)
+        height, width = SIZES[i % len(SIZES)]
+        cx, cy = rng.integers(-20, width + 20), rng.integers(-10, height + 10)
         scale = rng.integers(0, 200) if i % 7 else 0
-        lm = np.stack([cx + rng.integers(-scale - 1, scale + 1, 68),
-                       cy + rng.integers(-scale - 1, scale + 1, 68)], axis=1)
-        out.append((lm.astype(np.int64), height))
+        lm = np.stack([cx + rng.uniform(-scale - 1, scale + 1, 68),
+                       cy + rng.uniform(-scale - 1, scale + 1, 68)], axis=1)
+        out.append((lm.astype(np.float32), height, width))
+    return out
+
+
+def _core_boxes(faces, fallbacks, version, shift, margin):
+    """``musetalk_core.crop.crop_boxes`` per face, grouped by frame size; None where no box."""
+    import torch
+
+    from musetalk_core.crop import crop_boxes
+
+    out: list = [None] * len(faces)
+    groups: dict = {}
+    for i, (_, h, w) in enumerate(faces):
+        groups.setdefault((h, w, fallbacks[i] is None), []).append(i)
+    for (h, w, no_fb), idx in groups.items():
+        lm = torch.from_numpy(np.stack([faces[i][0] for i in idx]))
+        det = None if no_fb else torch.tensor([fallbacks[i] for i in idx], dtype=torch.float32)
+        boxes, ok, _ = crop_boxes(lm, torch.ones(len(idx), dtype=torch.bool), version=version,
+                                  height=h, width=w, bbox_shift=shift, extra_margin=margin,
+                                  det_boxes=det)
+        for j, i in enumerate(idx):
+            out[i] = boxes[j].tolist() if bool(ok[j]) else None
     return out
 
 
 @pytest.mark.skipif(NODE is None, reason="Node.js (node) is not installed")
-def test_js_crop_rule_equals_python():
-    box_fn, range_fn = _python_rule()
+def test_js_crop_rule_equals_core():
+    import torch
+
+    from musetalk_core.crop import bbox_shift_range
+
     rng = np.random.default_rng(8)
     faces = _real_landmarks()
-    # Every real face (hundreds): sample so the test stays fast but covers every clip.
-    if len(faces) > 600:
+    if len(faces) > 600:  # every clip covered, test kept fast
         keep = np.linspace(0, len(faces) - 1, 600).round().astype(int)
         faces = [faces[i] for i in keep]
     faces += _random_landmarks(rng, 400)
-    landmarks = [lm.tolist() for lm, _ in faces]
+    # a third get a (float, sometimes negative) detector box for the fallback
+    fallbacks = []
+    for i in range(len(faces)):
+        if i % 3:
+            fallbacks.append(None)
+            continue
+        x0, y0 = rng.uniform(-30, 300, 2)
+        fallbacks.append([float(x0), float(y0), float(x0 + rng.uniform(-5, 90)),
+                          float(y0 + rng.uniform(-5, 90))])
+    landmarks = [lm.tolist() for lm, _, _ in faces]
     cases, expected = [], []
-    for i, (lm, height) in enumerate(faces):
-        fallback = [int(v) for v in sorted(rng.integers(0, 500, 2))] * 2 if i % 3 == 0 else None
-        if fallback is not None:
-            fallback = [fallback[0], fallback[1], fallback[0] + 40, fallback[1] + 50]
-        for version in ("v1", "v15"):
-            for shift in (-40, -17, -3, 0, 5, 12, 40):
-                for margin in ((0, 10, 37) if version == "v15" else (10,)):
-                    kw = dict(version=version, bbox_shift=shift, extra_margin=margin,
-                              height=height, fallback=fallback)
-                    cases.append({"lm": i, "version": version, "shift": shift, "margin": margin,
-                                  "height": height, "fallback": fallback})
-                    expected.append(box_fn(lm, **kw))
+    for version in ("v1", "v1.5"):
+        for shift in (-40, -17, -3, 0, 5, 12, 40):
+            for margin in ((0, 10, 37) if version == "v1.5" else (10,)):
+                expected += _core_boxes(faces, fallbacks, version, shift, margin)
+                cases += [{"lm": i, "version": version, "shift": shift, "margin": margin,
+                           "height": h, "width": w, "fallback": fallbacks[i]}
+                          for i, (_, h, w) in enumerate(faces)]
     clips = [list(range(0, 200)), [0, -1, 5, -1, 9], [-1, -1], list(range(300, 700, 3))]
-    clips = [[i if i < len(faces) else -1 for i in clip] for clip in clips]
     got = _run_js({"landmarks": landmarks, "cases": cases, "clips": clips})
 
     assert len(got["boxes"]) == len(expected) > 10_000
+    assert sum(e is None for e in expected) > 0  # degenerate cases are exercised
     mismatches = [(c, e, g) for c, e, g in zip(cases, expected, got["boxes"], strict=True)
-                  if (None if e is None else [int(v) for v in e]) != g]
+                  if e != g]
     assert mismatches[:5] == []
-    ranges = [(_spec_range if range_fn is None else range_fn)(
-        [None if i < 0 else faces[i][0] for i in clip]) for clip in clips]
-    assert got["ranges"] == [None if r is None else [int(v) for v in r] for r in ranges]
+    for clip, js_range in zip(clips, got["ranges"], strict=True):
+        lm = torch.from_numpy(np.stack([faces[max(i, 0)][0] for i in clip]))
+        has = torch.tensor([i >= 0 for i in clip])
+        core = bbox_shift_range(lm, has)
+        assert js_range == (None if core is None else list(core))
     assert got["ranges"][2] is None
 
 
 @pytest.mark.skipif(NODE is None, reason="Node.js (node) is not installed")
 def test_js_rule_shift_moves_only_the_top_edge_for_v1():
-    lm = _real_landmarks()[0][0] if _real_landmarks() else _random_landmarks(
-        np.random.default_rng(1), 1)[0][0]
-    cases = [{"lm": 0, "version": "v1", "shift": s, "margin": 0, "height": 512,
-              "fallback": None} for s in (0, 10)]
-    cases.append({"lm": 0, "version": "v15", "shift": 10, "margin": 0, "height": 512,
-                  "fallback": None})
-    got = _run_js({"landmarks": [lm.tolist()], "cases": cases, "clips": []})["boxes"]
-    a, b, c = got
+    faces = _real_landmarks() or _random_landmarks(np.random.default_rng(1), 1)
+    lm = faces[0][0]
+    base = {"lm": 0, "margin": 0, "height": 512, "width": 512, "fallback": None}
+    cases = [{**base, "version": "v1", "shift": 0}, {**base, "version": "v1", "shift": 10},
+             {**base, "version": "v1.5", "shift": 10}]
+    a, b, c = _run_js({"landmarks": [lm.tolist()], "cases": cases, "clips": []})["boxes"]
     assert a[0] == b[0] and a[2] == b[2] and a[3] == b[3]
     assert b[1] == a[1] + 20  # yc moves by 10, y1 = 2*yc - y2 moves by 20
     assert c == a  # v1.5 ignores bbox_shift
+
+
+@pytest.mark.skipif(NODE is None, reason="Node.js (node) is not installed")
+def test_js_box_equals_core_for_every_shift_in_the_reported_range(media):
+    """On each real clip, every bbox_shift of the range REF reports gives the core's box (v1)."""
+    import torch
+
+    from musetalk_core.crop import bbox_shift_range
+
+    landmarks, cases, expected = [], [], []
+    for path in sorted(media.glob("*.landmarks.npz")):
+        data = np.load(path)
+        lm = data["landmarks"][:, 0]
+        has = ~np.isnan(lm).any(axis=(1, 2))
+        if not has.any():
+            continue
+        lm = np.nan_to_num(lm).astype(np.float32)
+        h, w = int(data["height"]), int(data["width"])
+        lo, hi = bbox_shift_range(torch.from_numpy(lm), torch.from_numpy(has))
+        frames = np.flatnonzero(has)[:: max(1, int(has.sum()) // 25)]
+        first = len(landmarks)
+        landmarks += [lm[i].tolist() for i in frames]
+        faces = [(lm[i], h, w) for i in frames]
+        for shift in range(lo, hi + 1):
+            expected += _core_boxes(faces, [None] * len(faces), "v1", shift, 0)
+            cases += [{"lm": first + j, "version": "v1", "shift": shift, "margin": 0,
+                       "height": h, "width": w, "fallback": None} for j in range(len(faces))]
+    got = _run_js({"landmarks": landmarks, "cases": cases, "clips": []})["boxes"]
+    assert len(got) == len(expected) > 500
+    assert [c for c, e, g in zip(cases, expected, got, strict=True) if e != g][:5] == []
