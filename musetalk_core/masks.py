@@ -254,8 +254,8 @@ def resample(x: torch.Tensor, ry: torch.Tensor, rx: torch.Tensor, *,
     """
     h = torch.matmul(x, rx.transpose(1, 2).unsqueeze(1))
     if quantize:
-        h = h.round_().clamp_(0, 255)
+        h = h.add_(0.5).floor_().clamp_(0, 255)  # PIL/OpenCV round half up
     v = torch.matmul(ry.unsqueeze(1), h)
     if quantize:
-        v = v.round_().clamp_(0, 255)
+        v = v.add_(0.5).floor_().clamp_(0, 255)
     return v
