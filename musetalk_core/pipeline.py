@@ -35,7 +35,7 @@ import torch
 from . import blend, crop, inpaint, timeline
 from .errors import FaceError, InputError, WeightsError
 from .runtime import Runtime
-from .types import LatentVAE, MuseTalkAudio, MuseTalkFaces, version_settings
+from .types import CROP_SIZE, LatentVAE, MuseTalkAudio, MuseTalkFaces, version_settings
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +94,13 @@ class LipSyncSettings:
 # --------------------------------------------------------------------------- landmarks
 
 
-def load_landmarks(path: str | os.PathLike[str], *, face: int = 0) -> np.ndarray:
-    """Landmarks per source frame from a file: float32 ``[N, 68, 2]``, NaN where no face.
+def load_landmarks(path: str | os.PathLike[str], *, face: int = 0) -> list[dict]:
+    """Landmarks per source frame from a file, as a ``POSE_KEYPOINT`` list (one dict a frame).
 
     Accepts the shared-media ``.landmarks.npz`` (``landmarks`` ``[N, faces, 68, 2]`` or
-    ``[N, 68, 2]``; slot ``face``) or a ``POSE_KEYPOINT`` ``.json`` (one dict per frame with
-    ``people[*].face_keypoints_2d``; the first person).
+    ``[N, 68, 2]`` in pixels, NaN where no face; slot ``face``) or a ``POSE_KEYPOINT`` ``.json``
+    (as DWPose Estimator emits it). The face crop stage reads it exactly as it reads DWPose's
+    keypoints, so there is no second landmark path.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -108,40 +109,38 @@ def load_landmarks(path: str | os.PathLike[str], *, face: int = 0) -> np.ndarray
     if path.endswith(".json"):
         import json
 
-        with open(path, encoding="utf-8") as fh:
-            pose = json.load(fh)
-        return pose_to_landmarks(pose)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                pose = json.load(fh)
+        except (OSError, ValueError) as err:
+            raise InputError(f"{path} is not a POSE_KEYPOINT JSON file ({err})",
+                             input_name="--landmarks", fix="pass DWPose's keypoints") from err
+        return pose if isinstance(pose, list) else [pose]
     try:
         data = np.load(path)
         lm = np.asarray(data["landmarks"], dtype=np.float32)
+        h, w = int(data["height"]), int(data["width"])
     except (OSError, ValueError, KeyError) as err:
-        raise InputError(f"{path} is not a landmarks .npz with a 'landmarks' array ({err})",
-                         input_name="--landmarks",
+        raise InputError(f"{path} is not a landmarks .npz with 'landmarks', 'height' and "
+                         f"'width' ({err})", input_name="--landmarks",
                          fix="pass a .landmarks.npz or a POSE_KEYPOINT .json") from err
     if lm.ndim == 4:
         lm = lm[:, face]
     if lm.ndim != 3 or lm.shape[1:] != (68, 2):
         raise InputError(f"landmarks have shape {lm.shape}, expected [N, 68, 2]",
                          input_name="--landmarks", fix="pass 68-point landmarks")
-    return lm
+    return landmarks_to_pose(lm, h, w)
 
 
-def pose_to_landmarks(pose: Any) -> np.ndarray:
-    """``POSE_KEYPOINT`` (list of frame dicts) -> float32 ``[N, 68, 2]`` pixels, NaN: no face."""
-    frames = pose if isinstance(pose, list) else [pose]
-    out = np.full((len(frames), 68, 2), np.nan, np.float32)
-    for i, fr in enumerate(frames):
-        people = (fr or {}).get("people") or []
-        pts = next((p.get("face_keypoints_2d") for p in people if p.get("face_keypoints_2d")),
-                   None)
-        if not pts:
-            continue
-        arr = np.asarray(pts, np.float64).reshape(-1, 3)[:68, :2]
-        if arr.shape[0] < 68:
-            continue
-        if arr.max() <= 1.0:  # normalised coordinates (OpenPose node)
-            arr = arr * [fr.get("canvas_width", 1), fr.get("canvas_height", 1)]
-        out[i] = np.round(arr * 1000) / 1000  # 299.99999 -> 300.0 before int truncation
+def landmarks_to_pose(lm: np.ndarray, height: int, width: int) -> list[dict]:
+    """float ``[N, 68, 2]`` pixel landmarks (NaN: no face) -> ``POSE_KEYPOINT`` list."""
+    out = []
+    for frame in np.asarray(lm, np.float64):
+        people = []
+        if np.isfinite(frame).all():
+            pts = np.concatenate([frame, np.ones((68, 1))], axis=1).reshape(-1).tolist()
+            people.append({"face_keypoints_2d": pts})
+        out.append({"people": people, "canvas_width": int(width), "canvas_height": int(height)})
     return out
 
 
@@ -172,14 +171,14 @@ class LipSyncProcessor:
         audio: the speech's whisper features (their ``fps`` is the video's).
         runtime: device, dtype, progress, interruption, memory.
         source_size: ``(height, width)`` of the source frames.
-        landmarks: optional float ``[N, 68, 2]`` landmarks per source frame (NaN: no face)
-            instead of the detector.
+        pose_keypoints: optional ``POSE_KEYPOINT`` list, one dict per source frame (one for a
+            still image), used instead of the detector (:func:`load_landmarks` reads files).
     """
 
     def __init__(self, models: LipSyncModels, settings: LipSyncSettings, audio: MuseTalkAudio,
                  runtime: Runtime, source_size: tuple[int, int],
-                 landmarks: np.ndarray | torch.Tensor | None = None) -> None:
-        if models.detector is None and landmarks is None:
+                 pose_keypoints: list[dict] | None = None) -> None:
+        if models.detector is None and pose_keypoints is None:
             raise InputError("neither a face detector nor landmarks were given",
                              input_name="detector",
                              fix="connect MuseTalk Face Detector Loader, or pass landmarks")
@@ -193,65 +192,56 @@ class LipSyncProcessor:
                              else int(settings.extra_margin)) if self.version == "v1.5" else 0
         self.bbox_shift = int(settings.bbox_shift) if vs.bbox_shift_allowed else 0
         self.source_size = (int(source_size[0]), int(source_size[1]))
-        self.landmarks = (None if landmarks is None
-                          else torch.as_tensor(np.asarray(landmarks, np.float32)))
+        self.pose = pose_keypoints
         self._geo: dict[int, tuple[torch.Tensor, bool, torch.Tensor]] = {}
         self._latents: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.stats = ProcessorStats()
 
     # ---------------------------------------------------------------- geometry
 
-    def _landmarks_for(self, frames: torch.Tensor, src: list[int]) -> tuple[torch.Tensor,
-                                                                           torch.Tensor,
-                                                                           torch.Tensor | None]:
-        """float ``[k, 68, 2]`` landmarks, bool ``[k]`` has_face, detector boxes or None."""
-        if self.landmarks is not None:
-            n = self.landmarks.shape[0]
-            if max(src) >= n:
-                if n == 1:  # a still image's landmarks apply to every repeat
-                    lm = self.landmarks[[0] * len(src)]
-                else:
-                    raise InputError(f"the landmarks cover {n} frames but frame {max(src)} is "
-                                     "needed", input_name="landmarks",
-                                     fix="give landmarks for every source frame")
-            else:
-                lm = self.landmarks[src]
-            has = torch.isfinite(lm).all(dim=(1, 2))
-            return torch.nan_to_num(lm), has, None
-        return self._detect(frames)
+    def _pose_for(self, src: list[int]) -> list[dict]:
+        n = len(self.pose)
+        if n == 1:  # a still image's keypoints apply to every repeat
+            return [self.pose[0]] * len(src)
+        if max(src) >= n:
+            raise InputError(f"the landmarks cover {n} frames but frame {max(src)} is needed",
+                             input_name="pose_keypoints",
+                             fix="give landmarks for every source frame")
+        return [self.pose[i] for i in src]
 
-    def _detect(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        det = self.models.detector
-        self.runtime.load_models([det])
-        found = det.detect(frames.to(self.runtime.device))
-        k = frames.shape[0]
-        lm = torch.zeros(k, 68, 2)
-        has = torch.zeros(k, dtype=torch.bool)
-        boxes = torch.zeros(k, 4)
-        for i, d in enumerate(found):
-            if d is None or len(d) == 0:
-                continue
-            best = d[torch.argmax(d[:, 4])] if d.shape[0] > 1 else d[0]
-            pts = det.landmarks(frames[i:i + 1].to(self.runtime.device), best[None, :4])
-            lm[i] = pts[0].float().cpu()
-            boxes[i] = best[:4].float().cpu()
-            has[i] = True
-        return lm, has, boxes
+    def _geometry(self, frames: torch.Tensor, src: list[int]) -> dict[int, torch.Tensor]:
+        """Face geometry of the distinct source frames ``src`` (uint8 ``frames``, one each).
 
-    def _geometry(self, frames: torch.Tensor, src: list[int]) -> None:
+        New frames go through :func:`musetalk_core.faces.crop_faces` (the Face Crop node's
+        function); their geometry is kept for the clip. Returns the crops it made, by source.
+        """
+        from .faces import crop_faces
+
         todo = [j for j, s in enumerate(src) if s not in self._geo]
         if not todo:
-            return
+            return {}
         t0 = time.perf_counter()
         ids = [src[j] for j in todo]
-        lm, has, det = self._landmarks_for(frames[todo], ids)
-        h, w = self.source_size
-        boxes, ok, _ = crop.crop_boxes(lm, has, version=self.version, height=h, width=w,
-                                       bbox_shift=self.bbox_shift,
-                                       extra_margin=self.extra_margin, det_boxes=det)
+        pose = self._pose_for(ids) if self.pose is not None else None
+        try:
+            found = crop_faces(frames[todo].float() / 255.0, self.runtime,
+                               detector=None if pose is not None else self.models.detector,
+                               pose_keypoints=pose, version=self.version,
+                               bbox_shift=self.bbox_shift, extra_margin=self.extra_margin)
+        except FaceError as err:
+            if err.input_name != "frames":
+                raise
+            for s in ids:  # no face anywhere in this chunk: those frames pass through
+                self._geo[s] = (torch.zeros(4, dtype=torch.int64), False, torch.zeros(68, 2))
+            self._tick("detection", t0)
+            return {}
+        made = {}
         for j, s in enumerate(ids):
-            self._geo[s] = (boxes[j], bool(ok[j]), lm[j])
-        self._tick("detection", t0)
+            self._geo[s] = (found.boxes[j].cpu(), bool(found.has_face[j]),
+                            found.landmarks[j].cpu().float())
+            made[s] = found.crops[j]
+        self._tick("detection + crop", t0)
+        return made
 
     def _tick(self, stage: str, t0: float) -> None:
         self.stats.seconds[stage] = self.stats.seconds.get(stage, 0.0) + time.perf_counter() - t0
@@ -268,17 +258,24 @@ class LipSyncProcessor:
             distinct global source indices.
         """
         src = [int(s) for s in source_index.tolist()]
-        self._geometry(frames, src)
         unique = list(dict.fromkeys(src))
         first = {s: src.index(s) for s in unique}
-        local = torch.tensor([unique.index(s) for s in src], dtype=torch.int64)
         rows = [first[s] for s in unique]
+        made = self._geometry(frames[rows], unique)
+        local = torch.tensor([unique.index(s) for s in src], dtype=torch.int64)
         boxes = torch.stack([self._geo[s][0] for s in unique])
         has = torch.tensor([self._geo[s][1] for s in unique], dtype=torch.bool)
         lms = torch.stack([self._geo[s][2] for s in unique]).float()
-        t0 = time.perf_counter()
-        crops = crop.crop_resize(frames[rows], boxes, has)
-        self._tick("crop", t0)
+        again = [j for j, s in enumerate(unique) if s not in made]
+        crops = torch.zeros(len(unique), CROP_SIZE, CROP_SIZE, 3, dtype=torch.uint8)
+        if again:
+            t0 = time.perf_counter()
+            crops[again] = crop.crop_resize(frames[[rows[j] for j in again]], boxes[again],
+                                            has[again])
+            self._tick("detection + crop", t0)
+        for j, s in enumerate(unique):
+            if s in made:
+                crops[j] = made[s].cpu()
         faces = MuseTalkFaces(boxes=boxes, has_face=has, landmarks=lms, crops=crops,
                               source_size=self.source_size, version=self.version,
                               bbox_shift=self.bbox_shift, extra_margin=self.extra_margin)
@@ -426,7 +423,7 @@ def lipsync_file(
         with open_video(video) as reader:
             rate, size = reader.fps, (reader.height, reader.width)
         feats = extract_features(speech, models.whisper, rate, runtime)
-        proc = LipSyncProcessor(models, settings, feats, runtime, size, landmarks=lm)
+        proc = LipSyncProcessor(models, settings, feats, runtime, size, pose_keypoints=lm)
         report = streaming.stream_video(video, speech, output, proc,
                                         frames_per_chunk=settings.chunk_size,
                                         length_policy=settings.length_policy, runtime=runtime)
@@ -436,7 +433,7 @@ def lipsync_file(
         rate = Fraction(fps).limit_denominator(1001)
         feats = extract_features(speech, models.whisper, rate, runtime)
         h, w = int(still.shape[1]), int(still.shape[2])
-        proc = LipSyncProcessor(models, settings, feats, runtime, (h, w), landmarks=lm)
+        proc = LipSyncProcessor(models, settings, feats, runtime, (h, w), pose_keypoints=lm)
         n_out = timeline.output_length(1, feats.frame_count, settings.length_policy)
         wave = speech["waveform"][..., :timeline.samples_for(n_out, rate, speech["sample_rate"])]
         with VideoWriter(output, rate, w, h, audio={"waveform": wave,
