@@ -124,7 +124,8 @@ def choose_face(cands: Sequence[Candidates], face_index: int = -1) -> tuple[list
     if face_index >= 0:
         if face_index >= k:
             raise FaceError(f"only {k} face{'s' if k != 1 else ''} found; face_index must be "
-                            + ("0" if k == 1 else f"0 to {k - 1}") + f" (got {face_index})",
+                            + ("0" if k == 1 else "0 or 1" if k == 2 else f"0 to {k - 1}")
+                            + f" (got {face_index})",
                             input_name="face_index",
                             fix="set face_index to -1 (automatic) or to a face that exists")
         chosen = int(ltr[face_index])
