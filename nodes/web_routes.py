@@ -245,6 +245,61 @@ async def post_download(request: Any) -> Any:
     return _json(result, 200 if result["state"] == "present" else 202)
 
 
+# --------------------------------------------------------------------------- node previews
+
+
+def preview_indices(n: int, has_face: Any = None, count: int = 8) -> list[int]:
+    """Up to ``count`` frame indices spread over ``n`` frames, always with the first face frame."""
+    if n <= 0 or count <= 0:
+        return []
+    k = min(count, n)
+    picks = {round(i * (n - 1) / max(1, k - 1)) for i in range(k)}
+    if has_face is not None:
+        flags = [bool(v) for v in has_face]
+        first = next((i for i, v in enumerate(flags) if v), None)
+        if first is not None and first not in picks:
+            picks.discard(max(picks))
+            picks.add(first)
+    return sorted(picks)
+
+
+def crop_preview_frames(frames: Any, has_face: Any = None, count: int = 8,
+                        max_side: int = 384) -> list[dict[str, Any]]:
+    """A few downscaled frames for the Face Crop preview: ``[{"index", "filename", ...}]``.
+
+    ``frames``: IMAGE float 0..1 ``[N, H, W, 3]``. Empty outside the host; never raises.
+    """
+    try:
+        idx = preview_indices(int(frames.shape[0]), has_face, count)
+        saved = _host.save_preview_images(frames[idx], max_side=max_side,
+                                          prefix="musetalk_crop")
+        return [{"index": i, **f} for i, f in zip(idx, saved, strict=True)]
+    except Exception as err:  # a preview must never fail the node
+        log.warning("could not save the crop preview frames: %s", err)
+        return []
+
+
+def blend_preview_images(frames: Any, mask: Any, count: int = 4,
+                         max_side: int = 512) -> list[dict[str, str]]:
+    """Frames with the blend mask tinted magenta (``ui["images"]``: the host shows them).
+
+    ``frames``: float 0..1 ``[N, H, W, 3]``; ``mask``: float 0..1 ``[N, H, W]``. Empty outside the
+    host; never raises.
+    """
+    try:
+        import torch
+
+        idx = preview_indices(int(frames.shape[0]), None, count)
+        f = frames[idx].float().cpu()
+        m = mask[idx].float().cpu().clamp(0, 1)[..., None] * 0.55
+        tint = torch.tensor([1.0, 0.0, 0.4])
+        return _host.save_preview_images(f * (1 - m) + tint * m, max_side=max_side,
+                                         prefix="musetalk_blend")
+    except Exception as err:
+        log.warning("could not save the blend preview: %s", err)
+        return []
+
+
 ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/musetalk/models", get_models),
     ("POST", "/musetalk/download", post_download),

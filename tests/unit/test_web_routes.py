@@ -240,3 +240,32 @@ def test_progress_sends_the_executing_node(pack, monkeypatch):
                                   "total": 10}) in sent
     assert sent[-1][1]["stage"] == "inpainting"
     assert len(sent) < 8
+
+
+def test_preview_indices_keep_the_first_face(pack):
+    wr = pack.nodes.web_routes
+    assert wr.preview_indices(0) == []
+    assert wr.preview_indices(3, count=8) == [0, 1, 2]
+    idx = wr.preview_indices(100, [0] * 37 + [1] * 63, count=5)
+    assert len(idx) == 5 and 37 in idx and idx == sorted(idx)
+
+
+def test_crop_and_blend_previews_are_saved(pack, tmp_path, monkeypatch):
+    import torch
+    from PIL import Image
+
+    host, wr = pack.nodes._host, pack.nodes.web_routes
+    monkeypatch.setattr(host, "temp_directory", lambda: str(tmp_path))
+    frames = torch.zeros(10, 64, 48, 3)
+    frames[..., 1] = 1.0  # green
+    crop = wr.crop_preview_frames(frames, [0, 0, 1] + [1] * 7, count=4)
+    assert 2 in [c["index"] for c in crop] and all(c["type"] == "temp" for c in crop)
+    mask = torch.zeros(10, 64, 48)
+    mask[:, 32:] = 1.0
+    blend = wr.blend_preview_images(frames, mask, count=2)
+    assert len(blend) == 2
+    img = Image.open(tmp_path / blend[0]["filename"]).convert("RGB")
+    top, bottom = img.getpixel((20, 5)), img.getpixel((20, 60))
+    assert top[1] > 240 and top[0] < 15  # untouched green
+    assert bottom[0] > 100 and bottom[1] < 150  # tinted where the mask is
+    assert wr.blend_preview_images(None, None) == []  # never raises
