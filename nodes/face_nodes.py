@@ -5,7 +5,7 @@ JSON-able payload for the web extension to redraw boxes client-side::
 
     {"version": "v1.5", "bbox_shift": 0, "extra_margin": 10, "width": W, "height": H,
      "has_face": [0/1 per frame],
-     "landmarks": [[x0, y0, x1, y1, ... 136 ints] or [] per frame],   # rounded to ints
+     "landmarks": [[x0, y0, x1, y1, ... 136 ints] or [] per frame],   # truncated to ints
      "bbox_shift_range": [low, high] or None}
 
 Landmarks are sent (not boxes) so the extension can recompute the REF box for another
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from . import _host
+from . import _host, web_routes
 from ._spec import (
     COMBO,
     FLOAT,
@@ -38,7 +38,9 @@ from ._spec import (
 
 def crop_payload(faces: Any) -> dict[str, Any]:
     """The compact ``musetalk_crop`` UI payload (ints only)."""
-    lm = faces.landmarks.round().to(torch.int64).reshape(len(faces), -1).tolist()
+    # truncated toward zero like the crop rule (musetalk_core.crop.int_landmarks), so the web
+    # extension's box equals the core's box exactly
+    lm = torch.trunc(faces.landmarks.double()).to(torch.int64).reshape(len(faces), -1).tolist()
     has = [int(v) for v in faces.has_face.tolist()]
     return {
         "version": faces.version,
@@ -68,7 +70,9 @@ def _face_crop(frames: Any, detector: Any = None, pose_keypoints: Any = None,
     h, w = faces.source_size
     mask = box_mask(faces.boxes, faces.has_face, h, w, device=rt.intermediate_device)
     text = list(faces.info.get("text", [])) or [f"{len(faces)} frames, every one with a face"]
-    ui = {"text": text, "musetalk_crop": [crop_payload(faces)]}
+    payload = crop_payload(faces)
+    payload["frames"] = web_routes.crop_preview_frames(frames, faces.has_face)  # web preview
+    ui = {"text": text, "musetalk_crop": [payload]}
     return Result((faces, preview, mask), ui)
 
 
