@@ -9,7 +9,7 @@ from typing import Any
 from ..musetalk_core import blend
 from ..musetalk_core.faces import check_frames
 from ..musetalk_core.masks import MODES
-from . import _host
+from . import _host, web_routes
 from ._spec import (
     COMBO,
     FLOAT,
@@ -41,7 +41,7 @@ def _run(frames: Any, faces: Any, parser: Any = None, mode: str = "auto",
     dt = time.perf_counter() - t0
     log.info("MuseTalk Blend: %d frames in %.1f s (%.1f frames/s)", images.shape[0], dt,
              images.shape[0] / dt if dt > 0 else 0.0)
-    return Result((images, mask))
+    return Result((images, mask), {"images": web_routes.blend_preview_images(images, mask)})
 
 
 BLEND = NodeDef(
