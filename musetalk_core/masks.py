@@ -69,33 +69,42 @@ def _runs(row: np.ndarray) -> list[tuple[int, int]]:
 
 
 def dilate(x: torch.Tensor, kernel: np.ndarray, iterations: int = 1) -> torch.Tensor:
-    """``cv2.dilate`` (centre anchor, default border: outside pixels never win), batched.
+    """``cv2.dilate`` of binary masks (centre anchor, default border), batched.
+
+    dst(y, x) = OR of src(y + r - kh//2, x + c - kw//2) over the kernel's ones (OpenCV's
+    convention: the kernel is not flipped); pixels outside the image never count. Each kernel
+    row is a set of horizontal runs, and a run is a window sum of a cumulative sum, so the cost
+    does not depend on the kernel's width.
 
     Args:
-        x: float ``[B, H, W]``.
-        kernel: 0/1 array ``[kh, kw]``; dst(y, x) = max of src(y + r - kh//2, x + c - kw//2)
-            over kernel ones (OpenCV's convention: the kernel is not flipped).
+        x: bool ``[B, H, W]``.
+        kernel: 0/1 array ``[kh, kw]``.
+
+    Returns:
+        bool ``[B, H, W]``.
     """
     kh, kw = kernel.shape
     ay, ax = kh // 2, kw // 2
     h, w = x.shape[-2:]
     for _ in range(iterations):
-        xp = F.pad(x.unsqueeze(1), (ax, kw - 1 - ax, ay, kh - 1 - ay), value=-math.inf)
-        pooled: dict[tuple[int, int], torch.Tensor] = {}
-        out = None
+        xp = F.pad(x.to(torch.int32), (ax + 1, kw - 1 - ax, ay, kh - 1 - ay))
+        cs = xp.cumsum(dim=-1)  # cs[..., j] = sum of xp[..., :j+1]; column 0 is padding
+        window: dict[tuple[int, int], torch.Tensor] = {}
+        out = torch.zeros_like(x, dtype=torch.bool)
         for r in range(kh):
             for c0, c1 in _runs(kernel[r]):
-                if (c0, c1) not in pooled:
-                    pooled[(c0, c1)] = F.max_pool2d(xp, (1, c1 - c0), stride=1)[..., c0:c0 + w]
-                part = pooled[(c0, c1)][:, 0, r:r + h, :]
-                out = part if out is None else torch.maximum(out, part)
+                if (c0, c1) not in window:  # sum of padded cols x+c0+1 .. x+c1 (shifted by 1)
+                    window[(c0, c1)] = (cs[..., c1:c1 + w] - cs[..., c0:c0 + w]) > 0
+                out |= window[(c0, c1)][..., r:r + h, :]
         x = out
     return x
 
 
 def erode(x: torch.Tensor, kernel: np.ndarray, iterations: int = 1) -> torch.Tensor:
-    """``cv2.erode`` (centre anchor, default border: outside pixels never win), batched."""
-    return -dilate(-x, kernel, iterations)
+    """``cv2.erode`` of binary masks (centre anchor, default border: outside never counts)."""
+    for _ in range(iterations):
+        x = ~dilate(~x, kernel)
+    return x
 
 
 def cheek_mask(left: int, right: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -128,11 +137,10 @@ def labels_to_mask(labels: torch.Tensor, mode: str, left_cheek: int = 90,
     elif mode == "neck":
         keep = lips | (labels == SKIN) | (labels == NECK)
     elif mode == "jaw":
-        skin = (labels == SKIN).float() * 255.0
-        dil = dilate(skin, cone_kernel())
+        dil = dilate(labels == SKIN, cone_kernel())
         ero = erode(dil, ellipse_kernel(35, 3), iterations=2)
         cheeks = cheek_mask(left_cheek, right_cheek, labels.device)
-        region = torch.where(cheeks, ero, dil) == 255
+        region = torch.where(cheeks, ero, dil)
         keep = (region & (labels != NOSE)) | lips
     else:
         raise ValueError(f"unknown parse mode {mode!r}")
@@ -164,16 +172,13 @@ def pil_matrix(in_size: int, out_size: int, kind: str) -> torch.Tensor:
     scale = in_size / out_size
     fscale = max(scale, 1.0)
     support = support0 * fscale
-    m = np.zeros((out_size, in_size), dtype=np.float64)
-    for i in range(out_size):
-        center = (i + 0.5) * scale
-        lo = max(int(center - support + 0.5), 0)
-        hi = min(int(center + support + 0.5), in_size)
-        xs = np.arange(lo, hi, dtype=np.float64)
-        w = filt((xs - center + 0.5) / fscale)
-        total = w.sum()
-        m[i, lo:hi] = w / total if total != 0 else w
-    return torch.from_numpy(m)
+    center = (np.arange(out_size) + 0.5) * scale
+    lo = np.maximum(np.trunc(center - support + 0.5), 0)[:, None]  # C's (int) truncation
+    hi = np.minimum(np.trunc(center + support + 0.5), in_size)[:, None]
+    j = np.arange(in_size, dtype=np.float64)[None, :]
+    w = filt((j - center[:, None] + 0.5) / fscale) * ((j >= lo) & (j < hi))
+    total = w.sum(axis=1, keepdims=True)
+    return torch.from_numpy(w / np.where(total == 0, 1.0, total))
 
 
 @lru_cache(maxsize=512)
@@ -237,23 +242,25 @@ def gaussian_matrix(size: int, k: int) -> torch.Tensor:
 def stack_padded(mats: list[torch.Tensor], rows: int, cols: int,
                  device: torch.device) -> torch.Tensor:
     """Stack ``[r_i, c_i]`` matrices, zero-padded, as float32 ``[B, rows, cols]`` on ``device``."""
-    out = torch.zeros((len(mats), rows, cols), dtype=torch.float64)
+    out = torch.zeros((len(mats), rows, cols), dtype=torch.float32)
     for i, m in enumerate(mats):
         out[i, :m.shape[0], :m.shape[1]] = m
-    return out.to(device=device, dtype=torch.float32)
+    return out.to(device)
 
 
 def resample(x: torch.Tensor, ry: torch.Tensor, rx: torch.Tensor, *,
-             quantize: bool) -> torch.Tensor:
+             quantize: bool, round_between: bool = True) -> torch.Tensor:
     """Separable per-item resample ``ry @ x @ rx^T``, horizontal pass first (PIL's order).
 
     Args:
         x: float ``[B, C, Hin, Win]`` (0..255 when ``quantize``).
         ry: ``[B, Hout, Hin]``; rx: ``[B, Wout, Win]``.
         quantize: round and clip to 0..255 after each pass (8-bit images in PIL/OpenCV).
+        round_between: with ``quantize``, also round the intermediate (PIL does; OpenCV's blur
+            keeps it in fixed point).
     """
     h = torch.matmul(x, rx.transpose(1, 2).unsqueeze(1))
-    if quantize:
+    if quantize and round_between:
         h = h.add_(0.5).floor_().clamp_(0, 255)  # PIL/OpenCV round half up
     v = torch.matmul(ry.unsqueeze(1), h)
     if quantize:
