@@ -295,10 +295,8 @@ class FaceDetector(nn.Module):
     def _crop(frame: torch.Tensor, cx: float, cy: float, scale: float,
               dev: torch.device) -> torch.Tensor:
         """face-alignment's crop: the square [ul, br) of the frame, zero outside, to 256."""
-        h = 200.0 * scale
-        ul = [int(1 * h / FAN_INPUT + cx - h / 2), int(1 * h / FAN_INPUT + cy - h / 2)]
-        br = [int(FAN_INPUT * h / FAN_INPUT + cx - h / 2),
-              int(FAN_INPUT * h / FAN_INPUT + cy - h / 2)]
+        ul = _crop_corner(1.0, cx, cy, scale)
+        br = _crop_corner(float(FAN_INPUT), cx, cy, scale)
         # face-alignment's crop holds frame pixels ul .. br-1 (zeros outside the frame).
         x0, y0 = ul
         side_w, side_h = max(1, br[0] - x0), max(1, br[1] - y0)
@@ -312,6 +310,18 @@ class FaceDetector(nn.Module):
         out = F.interpolate(patch[None], size=(FAN_INPUT, FAN_INPUT), mode="bilinear",
                             align_corners=False)[0]
         return out / 255.0
+
+
+def _crop_corner(p: float, cx: float, cy: float, scale: float) -> list[int]:
+    """Crop point ``(p, p)`` mapped back to the frame as face-alignment does it: a float32 3x3
+    affine, inverted in float32, truncated to int (its rounding decides the crop's pixels)."""
+    h = 200.0 * scale
+    t = torch.eye(3, dtype=torch.float32)
+    t[0, 0] = t[1, 1] = FAN_INPUT / h
+    t[0, 2] = FAN_INPUT * (-cx / h + 0.5)
+    t[1, 2] = FAN_INPUT * (-cy / h + 0.5)
+    q = torch.linalg.inv(t) @ torch.tensor([p, p, 1.0])
+    return [int(v) for v in q[:2].int().tolist()]
 
 
 def decode_heatmaps(hm: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
