@@ -36,6 +36,11 @@ from ._spec import (
 )
 
 
+def _or(value: Any, default: Any) -> Any:
+    """An input's value, or its default where a caller left it out (None)."""
+    return default if value is None else value
+
+
 def crop_payload(faces: Any) -> dict[str, Any]:
     """The compact ``musetalk_crop`` UI payload (ints only)."""
     # truncated toward zero like the crop rule (musetalk_core.crop.int_landmarks), so the web
@@ -63,9 +68,11 @@ def _face_crop(frames: Any, detector: Any = None, pose_keypoints: Any = None,
 
     rt = _host.runtime()
     faces = crop_faces(frames, rt, detector=detector, pose_keypoints=pose_keypoints,
-                       version=version, bbox_shift=int(bbox_shift),
-                       extra_margin=int(extra_margin), face_index=int(face_index),
-                       on_missing_face=on_missing_face, smooth=float(smooth_boxes or 0.0))
+                       version=_or(version, "v1.5"), bbox_shift=int(_or(bbox_shift, 0)),
+                       extra_margin=int(_or(extra_margin, 10)),
+                       face_index=int(_or(face_index, -1)),
+                       on_missing_face=_or(on_missing_face, "passthrough"),
+                       smooth=float(_or(smooth_boxes, 0.0)))
     preview = faces.crops.float() / 255.0
     h, w = faces.source_size
     mask = box_mask(faces.boxes, faces.has_face, h, w, device=rt.intermediate_device)
@@ -85,7 +92,9 @@ def _reference_select(faces: Any, mode: str = "same_frame", k: int = 0, seed: in
     if not isinstance(faces, MuseTalkFaces):
         raise InputError(f"expected MUSETALK_FACES, got {type(faces).__name__}",
                          input_name="faces", fix="connect MuseTalk Face Crop's faces output")
-    refs = select_references(faces, mode, k=int(k), seed=int(seed), frame=int(frame))
+    mode = _or(mode, "same_frame")
+    refs = select_references(faces, mode, k=int(_or(k, 0)), seed=int(_or(seed, 0)),
+                             frame=int(_or(frame, 0)))
     info = refs.info
     if mode == "sis":
         line = (f"SIS: K={info.get('k')} of {info.get('face_frames')} face frames, seed "
