@@ -86,18 +86,37 @@ def dilate(x: torch.Tensor, kernel: np.ndarray, iterations: int = 1) -> torch.Te
     kh, kw = kernel.shape
     ay, ax = kh // 2, kw // 2
     h, w = x.shape[-2:]
+    groups = _run_groups(kernel)
     for _ in range(iterations):
-        xp = F.pad(x.to(torch.int32), (ax + 1, kw - 1 - ax, ay, kh - 1 - ay))
-        cs = xp.cumsum(dim=-1)  # cs[..., j] = sum of xp[..., :j+1]; column 0 is padding
-        window: dict[tuple[int, int], torch.Tensor] = {}
+        xp = F.pad(x.to(torch.int32), (ax + 1, kw - 1 - ax, ay + 1, kh - 1 - ay))
+        cs = xp.cumsum(dim=-1)  # column 0 and row 0 are extra zero padding
         out = torch.zeros_like(x, dtype=torch.bool)
-        for r in range(kh):
-            for c0, c1 in _runs(kernel[r]):
-                if (c0, c1) not in window:  # sum of padded cols x+c0+1 .. x+c1 (shifted by 1)
-                    window[(c0, c1)] = (cs[..., c1:c1 + w] - cs[..., c0:c0 + w]) > 0
-                out |= window[(c0, c1)][..., r:r + h, :]
+        for (c0, c1), ranges in groups.items():
+            # horizontal window: padded cols x+c0+1 .. x+c1
+            win = cs[..., c1:c1 + w] - cs[..., c0:c0 + w]
+            vs = None
+            for r0, r1 in ranges:  # kernel rows r0..r1-1 -> padded rows y+r0+1 .. y+r1
+                if r1 - r0 == 1:
+                    out |= win[..., r1:r1 + h, :] > 0
+                    continue
+                if vs is None:
+                    vs = win.clamp(max=1).cumsum(dim=-2)
+                out |= (vs[..., r1:r1 + h, :] - vs[..., r0:r0 + h, :]) > 0
         x = out
     return x
+
+
+def _run_groups(kernel: np.ndarray) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """Kernel ones as {column run: [consecutive row ranges holding it]} (half-open)."""
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for r in range(kernel.shape[0]):
+        for run in _runs(kernel[r]):
+            ranges = groups.setdefault(run, [])
+            if ranges and ranges[-1][1] == r:
+                ranges[-1] = (ranges[-1][0], r + 1)
+            else:
+                ranges.append((r, r + 1))
+    return groups
 
 
 def erode(x: torch.Tensor, kernel: np.ndarray, iterations: int = 1) -> torch.Tensor:
