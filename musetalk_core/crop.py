@@ -155,7 +155,8 @@ def crop_resize(frames_u8: torch.Tensor, boxes: torch.Tensor,
     Lanczos is separable and per channel, so RGB input gives REF's BGR numbers channel-reversed.
 
     Args:
-        frames_u8: uint8 ``[b, H, W, 3]`` RGB (any device; moved to the CPU for OpenCV).
+        frames_u8: uint8 ``[b, H, W, 3]`` RGB, or float 0..1 (then each box is rounded to
+            uint8 as ``round(x * 255)``); any device (moved to the CPU for OpenCV).
         boxes: int64 ``[b, 4]``; has_face: bool ``[b]``.
 
     Returns:
@@ -169,7 +170,10 @@ def crop_resize(frames_u8: torch.Tensor, boxes: torch.Tensor,
         if not bool(has_face[i]):
             continue
         x1, y1, x2, y2 = (int(v) for v in boxes[i])
-        patch = frames_u8[i, y1:y2, x1:x2].cpu().numpy()
+        patch = frames_u8[i, y1:y2, x1:x2]
+        if patch.dtype != torch.uint8:  # float 0..1: only the box is converted
+            patch = (torch.nan_to_num(patch.float(), nan=0.0).clamp(0, 1) * 255).round()
+        patch = patch.to(torch.uint8).cpu().numpy()
         out[i] = cv2.resize(patch, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_LANCZOS4)
     return torch.from_numpy(out)
 

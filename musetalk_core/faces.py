@@ -273,9 +273,9 @@ def crop_faces(
         for i in range(b - a):
             if ok[a + i]:
                 x1, y1, x2, y2 = (int(v) for v in boxes[a + i])
-                if torch.isnan(part[i, y1:y2, x1:x2]).any():
+                if torch.isnan(part[i, y1:y2, x1:x2].sum()):
                     nan_frames.append(a + i)
-        crops[a:b] = cropmod.crop_resize(to_uint8(part), boxes[a:b], ok[a:b]).to(crops.device)
+        crops[a:b] = cropmod.crop_resize(part, boxes[a:b], ok[a:b]).to(crops.device)
 
     run_batched(n, CROP_BATCH, work, runtime, "face crops")
     if nan_frames:
