@@ -91,6 +91,47 @@ class LipSyncSettings:
     latent_memo: int = 1024
 
 
+# --------------------------------------------------------------------------- memory
+
+
+def available_ram() -> int | None:
+    """Bytes of RAM available to new allocations (Linux ``MemAvailable``), or ``None``."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def preflight_ram(n_frames: int, height: int, width: int, *, input_name: str = "audio") -> int:
+    """Refuse, before any heavy work, an IMAGE output that cannot fit in RAM (robustness L4).
+
+    The output is float32 frames plus a float32 mask: ``16 * H * W`` bytes a frame. Over the
+    available RAM: :class:`InputError`; over half of it: a warning. Returns the bytes needed.
+    """
+    need = int(n_frames) * int(height) * int(width) * 16
+    free = available_ram()
+    if free is None:
+        return need
+    if need > free:
+        raise InputError(
+            f"output would need about {need / 1e9:.1f} GB of RAM as IMAGE frames "
+            f"({n_frames} frames of {width}x{height}); {free / 1e9:.1f} GB free",
+            input_name=input_name,
+            fix="use 'MuseTalk Lip Sync (video)', which streams, or shorten the audio")
+    if need > free // 2:
+        log.warning("the output frames will take about %.1f GB of the %.1f GB of free RAM; "
+                    "'MuseTalk Lip Sync (video)' streams long clips instead", need / 1e9,
+                    free / 1e9)
+    return need
+
+
 # --------------------------------------------------------------------------- landmarks
 
 
@@ -452,9 +493,10 @@ def lipsync_file(
     summary = {"frames": frames_out, "fps": out_fps, "seconds": seconds,
                "frames_per_second": frames_out / max(seconds, 1e-9), "output": output,
                "encoded": proc.stats.encoded, "faces": proc.stats.faces}
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in proc.stats.seconds.items())
     log.info("MuseTalk: %d frames at %s fps in %.1f s (%.2f frames/s), %d faces, %d encoded "
-             "-> %s", frames_out, out_fps, seconds, summary["frames_per_second"],
-             proc.stats.faces, proc.stats.encoded, output)
+             "(%s) -> %s", frames_out, out_fps, seconds, summary["frames_per_second"],
+             proc.stats.faces, proc.stats.encoded, stages, output)
     return summary
 
 

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -123,28 +122,6 @@ def npz_landmarks(path: str | os.PathLike, frames: int | None = None) -> np.ndar
 # --------------------------------------------------------------------------- tiny checkpoints
 
 
-TINY_UNET_CONFIG = {
-    "_class_name": "UNet2DConditionModel",
-    "_diffusers_version": "0.6.0.dev0",
-    "act_fn": "silu",
-    "attention_head_dim": 2,
-    "block_out_channels": [32, 64],
-    "center_input_sample": False,
-    "cross_attention_dim": 384,
-    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-    "downsample_padding": 1,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "in_channels": 8,
-    "layers_per_block": 1,
-    "mid_block_scale_factor": 1,
-    "norm_eps": 1e-05,
-    "norm_num_groups": 8,
-    "out_channels": 4,
-    "sample_size": 64,
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
-}
-
 TINY_VAE_CONFIG = {
     "in_channels": 3,
     "out_channels": 3,
@@ -158,27 +135,167 @@ TINY_VAE_CONFIG = {
 }
 
 
-def write_tiny_unet(folder: Path, version: str = "v1.5", seed: int = 0) -> Path:
-    """A tiny diffusers UNet saved as REF's ``musetalk.json`` + weights file."""
-    from diffusers import UNet2DConditionModel
+def write_tiny_unet(models_dir: Path, version: str = "v1.5", seed: int = 0) -> Path:
+    """A tiny diffusers UNet as REF ships it: ``musetalk.json`` + ``unet.pth``/``.bin``."""
+    from tests.models._tiny import save_unet, tiny_unet, write_config
 
-    torch.manual_seed(seed)
-    sub = folder / ("musetalkV15" if version == "v1.5" else "musetalk")
-    sub.mkdir(parents=True, exist_ok=True)
-    cfg = dict(TINY_UNET_CONFIG)
-    model = UNet2DConditionModel(**{k: v for k, v in cfg.items() if not k.startswith("_")})
-    (sub / "musetalk.json").write_text(json.dumps(cfg, indent=2))
+    sub = Path(models_dir) / "musetalk" / ("musetalkV15" if version == "v1.5" else "musetalk")
+    write_config(str(sub))
     name = "unet.pth" if version == "v1.5" else "pytorch_model.bin"
-    torch.save(model.state_dict(), sub / name)
-    return sub / name
+    return Path(save_unet(tiny_unet(seed), str(sub / name)))
 
 
-def write_tiny_vae(folder: Path, seed: int = 0) -> Path:
-    """A tiny diffusers AutoencoderKL saved as a diffusers folder (config + safetensors)."""
+def write_tiny_vae(models_dir: Path, seed: int = 0) -> Path:
+    """A tiny AutoencoderKL as the diffusers folder ``vae/sd-vae-ft-mse`` (safetensors)."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(**TINY_VAE_CONFIG)
-    out = folder / "sd-vae-ft-mse"
+    vae = AutoencoderKL(**TINY_VAE_CONFIG).eval()
+    with torch.no_grad():  # diffusers zero-inits nothing here, but make the scale non-trivial
+        for p in vae.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    out = Path(models_dir) / "vae" / "sd-vae-ft-mse"
     vae.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def write_tiny_whisper(models_dir: Path, seed: int = 0) -> Path:
+    """A whisper-tiny-shaped HF folder ``musetalk/whisper`` (width 384, 4 layers, small FFN)."""
+    from transformers import WhisperConfig, WhisperModel
+
+    torch.manual_seed(seed)
+    cfg = WhisperConfig(d_model=384, encoder_layers=4, decoder_layers=1,
+                        encoder_attention_heads=6, decoder_attention_heads=6, encoder_ffn_dim=64,
+                        decoder_ffn_dim=64, num_mel_bins=80, max_source_positions=1500,
+                        max_target_positions=16, vocab_size=64, pad_token_id=1, bos_token_id=2,
+                        eos_token_id=3, decoder_start_token_id=2, suppress_tokens=[],
+                        begin_suppress_tokens=[])
+    out = Path(models_dir) / "musetalk" / "whisper"
+    WhisperModel(cfg).eval().save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def write_tiny_parser(models_dir: Path, seed: int = 0) -> Path:
+    """BiSeNet (its real, small architecture) with random weights as ``79999_iter.pth``."""
+    from musetalk_core.models.face_parser import FaceParser
+
+    torch.manual_seed(seed)
+    out = Path(models_dir) / "musetalk" / "face-parse-bisent" / "79999_iter.pth"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(FaceParser().state_dict(), out)
+    return out
+
+
+def write_tiny_models(models_dir: Path, *, version: str = "v1.5", parser: bool = False) -> Path:
+    """A ``ComfyUI/models``-like folder with tiny random checkpoints in the real formats."""
+    models_dir = Path(models_dir)
+    write_tiny_unet(models_dir, version)
+    write_tiny_vae(models_dir)
+    write_tiny_whisper(models_dir)
+    if parser:
+        write_tiny_parser(models_dir)
+    return models_dir
+
+
+# --------------------------------------------------------------------------- host models tree
+
+
+def _taesd_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights with the key layout of a TAESD single file (``taesd_encoder.*``,
+    ``taesd_decoder.*``, ``vae_scale``, ``vae_shift``), which the host's ``comfy.sd.VAE`` detects
+    and builds as its TAESD architecture: 4 latent channels, 8x down/up-sampling."""
+    g = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+
+    def conv(key: str, cin: int, cout: int, bias: bool = True) -> None:
+        sd[f"{key}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) * (1.0 / (cin * 9)) ** 0.5
+        if bias:
+            sd[f"{key}.bias"] = torch.zeros(cout)
+
+    def block(key: str) -> None:
+        for j in (0, 2, 4):
+            conv(f"{key}.conv.{j}", 64, 64)
+
+    enc = "taesd_encoder"
+    conv(f"{enc}.0", 3, 64)
+    block(f"{enc}.1")
+    for start in (2, 6, 10):  # strided conv, then three blocks
+        conv(f"{enc}.{start}", 64, 64, bias=False)
+        for b in range(1, 4):
+            block(f"{enc}.{start + b}")
+    conv(f"{enc}.14", 64, 4)
+    dec = "taesd_decoder"
+    conv(f"{dec}.1", 4, 64)
+    for start in (3, 8, 13):  # three blocks, upsample, conv
+        for b in range(3):
+            block(f"{dec}.{start + b}")
+        conv(f"{dec}.{start + 4}", 64, 64, bias=False)
+    block(f"{dec}.18")
+    conv(f"{dec}.19", 64, 3)
+    sd["vae_scale"] = torch.tensor(1.0)
+    sd["vae_shift"] = torch.tensor(0.0)
+    return sd
+
+
+def _full_sd_vae_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A full-size sd-vae-ft-mse architecture (diffusers keys) with random fp16 weights."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512],
+                        down_block_types=["DownEncoderBlock2D"] * 4,
+                        up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2,
+                        latent_channels=4, sample_size=256)
+    return {k: v.to(torch.float16).contiguous() for k, v in vae.state_dict().items()}
+
+
+def write_tiny_face_detector(models_dir: Path, seed: int = 0) -> tuple[Path, Path]:
+    """face-alignment's S3FD (its real architecture) and a one-module 2D-FAN, random weights,
+    as ``musetalk/face_alignment/{s3fd-619a316812.pth,2DFAN4-11f355bf06.pth.tar}``."""
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+    from face_alignment.models import FAN
+
+    torch.manual_seed(seed)
+    folder = Path(models_dir) / "musetalk" / "face_alignment"
+    folder.mkdir(parents=True, exist_ok=True)
+    s3fd_path = folder / "s3fd-619a316812.pth"
+    fan_path = folder / "2DFAN4-11f355bf06.pth.tar"
+    torch.save(s3fd().state_dict(), s3fd_path)
+    torch.save(FAN(1).state_dict(), fan_path)
+    return s3fd_path, fan_path
+
+
+HOST_VAE_NAME = "sd-vae-ft-mse/diffusion_pytorch_model.safetensors"
+"""The VAE slot of the shipped workflows (core VAELoader's name, relative to ``models/vae``)."""
+
+
+def build_models_tree(path: str | os.PathLike, *, full_vae: bool | None = None) -> Path:
+    """A ``ComfyUI/models``-like tree for host tests, every file in its real format.
+
+    ``musetalk/musetalkV15/{unet.pth,musetalk.json}``, ``musetalk/musetalk/{pytorch_model.bin,
+    musetalk.json}`` (tiny UNets), ``musetalk/whisper/`` (a whisper-tiny-shaped HF folder),
+    ``musetalk/face-parse-bisent/79999_iter.pth`` (BiSeNet), ``musetalk/face_alignment/`` (S3FD,
+    one-module 2D-FAN) and ``vae/sd-vae-ft-mse/diffusion_pytorch_model.safetensors``.
+
+    The VAE file fills the sd-vae-ft-mse slot with random weights in the TAESD single-file layout,
+    which the host's ``VAELoader`` -> ``comfy.sd.VAE`` recognises (the host infers a fixed
+    architecture from the keys and accepts no smaller SD VAE; the full-size one costs about 30 s
+    per 256x256 frame on the 2-core test machine). ``full_vae=True`` (or the environment variable
+    ``MUSETALK_HOST_FULL_VAE=1``) writes the full sd-vae architecture at fp16 (about 167 MB)
+    instead.
+    """
+    from safetensors.torch import save_file
+
+    models = Path(path)
+    write_tiny_unet(models, "v1.5")
+    write_tiny_unet(models, "v1")
+    write_tiny_whisper(models)
+    write_tiny_parser(models)
+    write_tiny_face_detector(models)
+    if full_vae is None:
+        full_vae = os.environ.get("MUSETALK_HOST_FULL_VAE") == "1"
+    vae_file = models / "vae" / HOST_VAE_NAME
+    vae_file.parent.mkdir(parents=True, exist_ok=True)
+    sd = _full_sd_vae_state_dict() if full_vae else _taesd_state_dict()
+    save_file(sd, str(vae_file))
+    return models
