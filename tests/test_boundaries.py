@@ -96,4 +96,6 @@ def test_import_as_host_is_light_and_fast():
 
 def test_no_test_package_init_files():
     # the pack root is a package; pytest must not import it while collecting tests
-    assert not list((ROOT / "tests").rglob("__init__.py"))
+    # (fixture custom-node folders that host tests hand to ComfyUI are not test packages)
+    found = [p for p in (ROOT / "tests").rglob("__init__.py") if "fixtures" not in p.parts]
+    assert found == []
