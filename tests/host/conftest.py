@@ -28,6 +28,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 PACK_FOLDER = "musetalk-lipsync"
+TEST_POSE_FOLDER = "musetalk_test_pose"
+"""A TEST-ONLY node folder (``tests/host/fixtures``), never part of the pack: it turns the
+shared media's ``.landmarks.npz`` into POSE_KEYPOINT (tiny random detectors find no faces)."""
 
 HERE = Path(__file__).resolve().parent
 
@@ -128,6 +131,8 @@ def host_base(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("comfy_base")
     (base / "custom_nodes").mkdir()
     os.symlink(ROOT, base / "custom_nodes" / PACK_FOLDER)
+    shutil.copytree(HERE / "fixtures" / TEST_POSE_FOLDER, base / "custom_nodes" / TEST_POSE_FOLDER,
+                    ignore=shutil.ignore_patterns("__pycache__"))
     (base / "input").mkdir()
     media = Path(os.environ.get("MUSETALK_TEST_MEDIA", ROOT.parent / "shared" / "media"))
     if media.is_dir():
@@ -162,7 +167,8 @@ def host(host_base, host_models, tmp_path_factory):
     cmd = [_python(), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--disable-auto-launch", "--base-directory", str(host_base),
            "--extra-model-paths-config", str(cfg), "--disable-all-custom-nodes",
-           "--whitelist-custom-nodes", PACK_FOLDER, "--database-url", "sqlite:///:memory:"]
+           "--whitelist-custom-nodes", PACK_FOLDER, TEST_POSE_FOLDER,
+           "--database-url", "sqlite:///:memory:"]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=COMFYUI_PATH, stdout=log, stderr=subprocess.STDOUT)
     h = Host(host_base, port, proc, log_path)
