@@ -11,7 +11,7 @@ import json
 import time
 
 import pytest
-from _prompts import (
+from host._prompts import (
     adapt,
     cached_nodes,
     executed_nodes,

@@ -11,10 +11,11 @@ stream, progress messages from our nodes.
 from __future__ import annotations
 
 import json
+import sys
 from fractions import Fraction
 
 import pytest
-from _prompts import (
+from host._prompts import (
     OUR_PREFIX,
     adapt,
     expected_frames,
@@ -49,11 +50,12 @@ def test_core_node_table_matches_host(host):
     """scripts/build_workflows.py's copy of the core nodes equals the host's /object_info."""
     import importlib.util
 
-    from _prompts import ROOT
+    from host._prompts import ROOT
 
     spec = importlib.util.spec_from_file_location("build_workflows",
                                                   ROOT / "scripts" / "build_workflows.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("build_workflows", mod)
     spec.loader.exec_module(mod)
     for name, node in mod.CORE_NODES.items():
         info = host.get(f"/object_info/{name}")[name]
