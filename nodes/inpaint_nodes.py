@@ -103,7 +103,8 @@ def run_inpaint(faces: MuseTalkFaces, audio: MuseTalkAudio, model: Any, vae: Any
 
 def _run(model: Any, vae: Any, faces: Any, audio: Any, references: Any = None,
          length_policy: str = timeline.DEFAULT_POLICY, batch_size: int = 0) -> Result:
-    out = run_inpaint(faces, audio, model, vae, references, length_policy, batch_size,
+    out = run_inpaint(faces, audio, model, vae, references,
+                      length_policy or timeline.DEFAULT_POLICY, int(batch_size or 0),
                       _host.runtime())
     return Result((out, crops_preview(out)))
 

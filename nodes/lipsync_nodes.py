@@ -117,9 +117,10 @@ def _run(audio: Any, model: Any, vae: Any, whisper: Any, images: Any = None, vid
          batch_size: int = 0) -> Result:
     return Result(run_lipsync(
         images, audio, model, vae, whisper, _host.runtime(), video=video, detector=detector,
-        pose_keypoints=pose_keypoints, parser=parser, fps=fps, bbox_shift=bbox_shift,
-        extra_margin=extra_margin, length_policy=length_policy, parsing_mode=parsing_mode,
-        batch_size=batch_size))
+        pose_keypoints=pose_keypoints, parser=parser, fps=25.0 if fps is None else fps,
+        bbox_shift=int(bbox_shift or 0), extra_margin=10 if extra_margin is None else extra_margin,
+        length_policy=length_policy or timeline.DEFAULT_POLICY,
+        parsing_mode=parsing_mode or "auto", batch_size=int(batch_size or 0)))
 
 
 LIPSYNC = NodeDef(
