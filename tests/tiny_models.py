@@ -265,6 +265,21 @@ def write_tiny_face_detector(models_dir: Path, seed: int = 0) -> tuple[Path, Pat
     return s3fd_path, fan_path
 
 
+def write_tiny_whisper_pt(models_dir: Path, seed: int = 0) -> Path:
+    """openai-whisper's ``tiny.pt`` format (``dims`` + ``model_state_dict``), whisper-tiny's
+    encoder shape with a one-layer tiny decoder, random weights: ``musetalk/whisper/tiny.pt``."""
+    from whisper.model import ModelDimensions, Whisper
+
+    torch.manual_seed(seed)
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6,
+                           n_audio_layer=4, n_vocab=64, n_text_ctx=16, n_text_state=384,
+                           n_text_head=6, n_text_layer=1)
+    out = Path(models_dir) / "musetalk" / "whisper" / "tiny.pt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"dims": dims.__dict__, "model_state_dict": Whisper(dims).state_dict()}, out)
+    return out
+
+
 HOST_VAE_NAME = "sd-vae-ft-mse/diffusion_pytorch_model.safetensors"
 """The VAE slot of the shipped workflows (core VAELoader's name, relative to ``models/vae``)."""
 
@@ -289,7 +304,11 @@ def build_models_tree(path: str | os.PathLike, *, full_vae: bool | None = None) 
     models = Path(path)
     write_tiny_unet(models, "v1.5")
     write_tiny_unet(models, "v1")
-    write_tiny_whisper(models)
+    whisper = write_tiny_whisper(models)
+    # the loader expects the whole registered whisper/ folder (tiny.pt and the HF files)
+    (whisper / "preprocessor_config.json").write_text('{"feature_size": 80, '
+                                                     '"sampling_rate": 16000}')
+    write_tiny_whisper_pt(models)
     write_tiny_parser(models)
     write_tiny_face_detector(models)
     if full_vae is None:
