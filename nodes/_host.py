@@ -574,6 +574,25 @@ def attach_patcher(module: Any, load_device: torch.device, offload_device: torch
 
     size = sum(t.numel() * t.element_size()
                for t in list(module.parameters()) + list(module.buffers()))
+    # The patcher writes bookkeeping attributes onto the module it manages (``device``,
+    # ``model_lowvram``, ...); our models expose ``device`` as a read-only property, so the patcher
+    # manages a plain holder whose only child is the module (moves and evictions reach it).
+    holder = _patcher_holder(type(module))(module)
     module.comfy_patcher = comfy.model_patcher.ModelPatcher(
-        module, load_device=load_device, offload_device=offload_device, size=size)
+        holder, load_device=load_device, offload_device=offload_device, size=size)
     return module
+
+
+_HOLDERS: dict[type, type] = {}
+
+
+def _patcher_holder(cls: type) -> type:
+    """A holder ``nn.Module`` class named like ``cls`` (the host logs "Requested to load
+    <name>")."""
+    if cls not in _HOLDERS:
+        def __init__(self: Any, inner: torch.nn.Module) -> None:  # noqa: N807
+            torch.nn.Module.__init__(self)
+            self.inner = inner
+
+        _HOLDERS[cls] = type(cls.__name__, (torch.nn.Module,), {"__init__": __init__})
+    return _HOLDERS[cls]
