@@ -148,3 +148,21 @@ def test_progress_and_interrupt_per_batch():
              runtime=Runtime(progress=progress))
     assert ("VAE encode", 3, 3) in seen
     assert sum(unet.batches) == 8  # stopped within one batch
+
+
+def test_rerun_after_an_interrupt_equals_an_uninterrupted_run():
+    class StopError(Exception):
+        pass
+
+    def progress(done, total, stage):
+        if stage == "VAE encode" and done >= 2:
+            raise StopError()
+
+    faces = synthetic_faces(5)
+    audio = synthetic_audio(9)
+    vae, unet = StubVAE(), StandInUNet()
+    with pytest.raises(StopError):
+        _run(faces, audio, unet, vae, batch_size=2, runtime=Runtime(progress=progress))
+    again = _run(faces, audio, unet, vae, batch_size=2)
+    fresh = _run(synthetic_faces(5), audio, StandInUNet(), StubVAE(), batch_size=2)
+    assert torch.equal(again.crops, fresh.crops)
