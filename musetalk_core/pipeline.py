@@ -452,7 +452,7 @@ def lipsync_file(
     """Lip-sync a video or image file with a speech file into an mp4 (speech muxed in)."""
     from . import streaming
     from .audio import extract_features
-    from .video_io import VideoWriter, open_video, read_image
+    from .video_io import VideoWriter, read_image
 
     started = time.perf_counter()
     speech = read_audio_file(audio)
@@ -461,14 +461,10 @@ def lipsync_file(
         raise WeightsError("no whisper model loaded", input_name="whisper",
                            fix="load whisper-tiny")
     if video is not None:
-        with open_video(video) as reader:
-            rate, size = reader.fps, (reader.height, reader.width)
-        feats = extract_features(speech, models.whisper, rate, runtime)
-        proc = LipSyncProcessor(models, settings, feats, runtime, size, pose_keypoints=lm)
-        report = streaming.stream_video(video, speech, output, proc,
-                                        frames_per_chunk=settings.chunk_size,
-                                        length_policy=settings.length_policy, runtime=runtime)
+        report = streaming.lipsync_video(video, speech, models, settings, runtime,
+                                         output=output, pose_keypoints=lm)
         frames_out, out_fps = report.frames, report.fps
+        stats = None
     else:
         still = read_image(image)
         rate = Fraction(fps).limit_denominator(1001)
@@ -487,16 +483,18 @@ def lipsync_file(
                                          torch.arange(a, b, dtype=torch.int64))
                 wr.write((images.clamp(0, 1) * 255).round().to(torch.uint8))
                 runtime.step(b, n_out, "lip sync")
+            proc.check_found_faces()  # inside the writer: no face -> no file
         frames_out, out_fps = n_out, rate
-    proc.check_found_faces()
+        stats = proc.stats
     seconds = time.perf_counter() - started
     summary = {"frames": frames_out, "fps": out_fps, "seconds": seconds,
-               "frames_per_second": frames_out / max(seconds, 1e-9), "output": output,
-               "encoded": proc.stats.encoded, "faces": proc.stats.faces}
-    stages = ", ".join(f"{k} {v:.1f} s" for k, v in proc.stats.seconds.items())
-    log.info("MuseTalk: %d frames at %s fps in %.1f s (%.2f frames/s), %d faces, %d encoded "
-             "(%s) -> %s", frames_out, out_fps, seconds, summary["frames_per_second"],
-             proc.stats.faces, proc.stats.encoded, stages, output)
+               "frames_per_second": frames_out / max(seconds, 1e-9), "output": output}
+    extra = ""
+    if stats is not None:
+        extra = ", ".join(f"{k} {v:.1f} s" for k, v in stats.seconds.items())
+        extra = f", {stats.faces} faces, {stats.encoded} encoded ({extra})"
+    log.info("MuseTalk: %d frames at %s fps in %.1f s (%.2f frames/s)%s -> %s", frames_out,
+             out_fps, seconds, summary["frames_per_second"], extra, output)
     return summary
 
 
