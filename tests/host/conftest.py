@@ -112,6 +112,11 @@ class Host:
                 elif kind == "execution_interrupted":
                     status = "interrupted"
             history = self.get(f"/history/{pid}").get(pid)
+            # the worker stores the history just after the final message: wait for it
+            while history is None and status in ("success", "error", "interrupted") \
+                    and time.time() < deadline:
+                time.sleep(0.2)
+                history = self.get(f"/history/{pid}").get(pid)
             return {"prompt_id": pid, "status": status or "timeout", "messages": messages,
                     "history": history}
         finally:

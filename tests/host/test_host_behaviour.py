@@ -54,12 +54,17 @@ def test_cache_requeue_audio_change_and_free(host, dub):
     the source crops are not VAE-encoded again. H6: /free unloads our UNet (it is a ModelPatcher
     in the host's list); the next run reloads it transparently."""
     first = dub(0.32)
-    _ok(host.run_prompt(first))
+    before = host.run_prompt(first)
+    _ok(before)
 
     again = host.run_prompt(first)
     _ok(again)
     assert cached_nodes(again) == set(first), "H2: an identical re-queue must run nothing"
-    assert not executed_nodes(again)
+    save = node_ids(first, "SaveVideo")[0]
+    # the host announces the cached output node while it re-sends its UI, but writes nothing
+    assert executed_nodes(again) <= {save}
+    assert not [m for m in again["messages"] if m["type"] == "progress"]
+    assert saved_video(host, again, save) == saved_video(host, before, save)
 
     loads_before = host.log().count(UNET_LOADS)
     assert loads_before >= 1, "our UNet never went through the host's load_models_gpu"
@@ -143,11 +148,27 @@ def test_no_face_error_names_node_and_fix(host):
 @pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "musetalk/../../../x",
                                   "whisper/..", "a\x00b", "..\\..\\x"])
 def test_path_traversal_in_a_prompt_is_refused(host, name):
-    """S5: file names outside the dropdown never reach our loaders: HTTP 400 value_not_in_list."""
-    prompt = load("dub_a_clip")
-    loader = node_ids(prompt, "MuseTalkModelLoader")[0]
-    prompt[loader]["inputs"]["unet_name"] = name
-    code, body = host.post("/prompt", {"prompt": prompt, "client_id": "traversal"})
-    assert code == 400
-    errors = body["node_errors"][loader]["errors"]
-    assert any(e["type"] == "value_not_in_list" for e in errors), errors
+    """S5: a file name outside the dropdown never opens a file outside the model folders.
+
+    Host fact (0.3.64): V3 combo inputs are declared as ``"COMBO"`` with the options in the
+    input's dict, and ``execution.validate_inputs`` only checks values against list-typed
+    combos, so the host does NOT reject these with ``value_not_in_list``; the pack's resolver
+    is the guard. The run must end with our loader's error naming the input and the fix.
+    """
+    prompt = {
+        "1": {"class_type": "MuseTalkModelLoader",
+              "inputs": {"unet_name": name, "version": "auto", "dtype": "auto",
+                         "download": False}},
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
+    }
+    result = host.run_prompt(prompt)
+    if result["status"] == "rejected":  # a host that validates V3 combos refuses it up front
+        assert result["code"] == 400
+        return
+    assert result["status"] == "error"
+    err = next(m["data"] for m in result["messages"] if m["type"] == "execution_error")
+    assert err["node_type"] == "MuseTalkModelLoader"
+    message = err["exception_message"]
+    assert "[MuseTalk Model Loader] input 'unet_name'" in message
+    assert "Fix:" in message
+    assert "unexpected" not in message
