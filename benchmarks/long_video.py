@@ -41,26 +41,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_clip(path: Path, seconds: float, width: int, height: int, fps: int = 25) -> None:
-    """A clip with a bright face-like ellipse that moves, plus a 16 kHz tone track."""
+    """A clip with a bright face-like ellipse that moves sideways, plus a 16 kHz tone track."""
     import av
 
     n = int(seconds * fps)
     yy, xx = np.mgrid[0:height, 0:width]
+    rx, ry = width * 0.15, height * 0.3
+    face = ((xx - width / 2) / rx) ** 2 + ((yy - height / 2) / ry) ** 2 <= 1
+    base = np.zeros((height, width, 3), np.uint8)
+    base[..., 2] = 60
+    base[face] = (200, 160, 140)
     with av.open(str(path), "w") as c:
         v = c.add_stream("libx264", rate=fps)
         v.width, v.height, v.pix_fmt = width, height, "yuv420p"
         v.options = {"preset": "ultrafast", "crf": "28"}
         a = c.add_stream("aac", rate=16000)
         a.layout = "mono"
-        base = np.zeros((height, width, 3), np.uint8)
-        base[..., 2] = 60
         sr, done = 16000, 0
         for i in range(n):
-            cx = width / 2 + width * 0.05 * np.sin(i / 20)
-            cy, rx, ry = height / 2, width * 0.15, height * 0.3
-            mask = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
-            img = base.copy()
-            img[mask] = (200, 160, 140)
+            img = np.roll(base, int(round(width * 0.05 * np.sin(i / 20))), axis=1)
             f = av.VideoFrame.from_ndarray(img, format="rgb24")
             f.pts = i
             for p in v.encode(f):
@@ -84,7 +83,7 @@ def synthetic_pose(n: int, width: int, height: int, fps: int = 25) -> list[dict]
     out = []
     ang = np.linspace(0, 2 * np.pi, 68, endpoint=False)
     for i in range(n):
-        cx = width / 2 + width * 0.05 * np.sin(i / 20)
+        cx = width / 2 + round(width * 0.05 * np.sin(i / 20))
         pts = np.stack([cx + width * 0.12 * np.cos(ang),
                         height / 2 + height * 0.25 * np.sin(ang), np.ones(68)], 1)
         out.append({"people": [{"face_keypoints_2d": pts.reshape(-1).tolist()}],
