@@ -36,6 +36,9 @@ class WeightFile:
         mirrors: further URLs tried in order after a 404.
         manual: where a person can get it by hand, if different from ``url``.
         release: what a matching sha256 identifies (``v1`` / ``v1.5`` for the UNets).
+        standalone: a complete model on its own that merely sits in a model folder's directory
+            (openai's ``tiny.pt`` beside the Hugging Face whisper files); choosing the folder
+            never needs it.
     """
 
     key: str
@@ -50,6 +53,7 @@ class WeightFile:
     mirrors: tuple[str, ...] = ()
     manual: str | None = None
     release: str | None = None
+    standalone: bool = False
 
     @property
     def filename(self) -> str:
@@ -107,7 +111,8 @@ FILES: tuple[WeightFile, ...] = (
     # whisper-tiny: openai's checkpoint (sha256 embedded in its URL) and the HF folder.
     WeightFile("whisper_tiny_pt", "musetalk", "whisper/tiny.pt",
                "https://openaipublic.azureedge.net/main/whisper/models/"
-               f"{_WHISPER_TINY_SHA}/tiny.pt", None, None, 80 * _MB, _WHISPER_TINY_SHA, "MIT"),
+               f"{_WHISPER_TINY_SHA}/tiny.pt", None, None, 80 * _MB, _WHISPER_TINY_SHA, "MIT",
+               standalone=True),
     WeightFile("whisper_config", "musetalk", "whisper/config.json", _hf(_WHISPER, "config.json"),
                _WHISPER, None, _MB, None, "Apache-2.0"),
     WeightFile("whisper_weights", "musetalk", "whisper/model.safetensors",
@@ -141,9 +146,10 @@ def by_rel(folder: str, rel: str) -> WeightFile | None:
 
 
 def in_subdir(folder: str, subdir: str) -> list[WeightFile]:
-    """Registered files in one sub-folder (the HF whisper folder's three files)."""
+    """Registered files that make up a model stored as a folder (the HF whisper folder's three
+    files); standalone files that merely sit in the same directory are left out."""
     subdir = subdir.replace("\\", "/").strip("/")
-    return [f for f in FILES if f.folder == folder and f.subdir == subdir]
+    return [f for f in FILES if f.folder == folder and f.subdir == subdir and not f.standalone]
 
 
 def known_releases(files: tuple[WeightFile, ...] = FILES) -> dict[str, str]:

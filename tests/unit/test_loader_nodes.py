@@ -171,3 +171,17 @@ def test_attach_patcher_is_a_no_op_outside_the_host(pack):
     m = torch.nn.Linear(2, 2)
     assert pack.nodes._host.attach_patcher(m, torch.device("cpu"), torch.device("cpu")) is m
     assert not hasattr(m, "comfy_patcher")
+
+
+def test_whisper_folder_needs_only_its_own_files(pack, host):
+    """Choosing the HF whisper folder never asks for openai's tiny.pt that may sit beside it."""
+    folder = host / "whisper"
+    folder.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        (folder / name).write_bytes(b"{}")
+    path = pack.nodes.loader_nodes.resolve("whisper", "whisper_name", False, folder_ok=True)
+    assert path == str(folder.resolve())
+    # with a file of the folder missing, only that file is asked for
+    (folder / "preprocessor_config.json").unlink()
+    with pytest.raises(pack.musetalk_core.errors.WeightsError, match="no preprocessor_config.json"):
+        pack.nodes.loader_nodes.resolve("whisper", "whisper_name", False, folder_ok=True)
