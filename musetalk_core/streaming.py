@@ -178,7 +178,8 @@ def stream_video(
         output: the final MP4 path (written atomically).
         process: per-chunk work (:data:`ProcessFn`); :func:`identity` by default.
         frames_per_chunk: frames decoded, processed and encoded at a time (memory scales with
-            it: about 7 MiB per 720p frame plus the model's working memory).
+            it: about 70 MiB per 720p frame of chunk with the MuseTalk pipeline on CPU, measured
+            by benchmarks/long_video.py; the blend works on float copies of full frames).
         length_policy: ``pingpong``, ``loop``, ``hold_last`` or ``trim``.
         runtime: progress and interruption (``runtime.step`` once per chunk).
         crf: libx264 quality.

@@ -142,7 +142,7 @@ LIPSYNC_VIDEO = NodeDef(
         In("face_parser", MUSETALK_FACE_PARSER, "BiSeNet face parser for the blend mask; without "
            "it a feathered ellipse is used.", optional=True),
         In("frames_per_chunk", INT, "Frames decoded, lip-synced and encoded at a time. RAM grows "
-           "with it (about 7 MB per 720p frame plus the models' work), never with clip length.",
+           "with it (about 70 MB per 720p frame on CPU), never with the clip length.",
            default=32, min=1, max=1024, step=1),
         In("bbox_shift", INT, "v1 only: moves the mouth-mask line down (+) or up (-) in pixels.",
            default=0, min=-100, max=100, step=1),
