@@ -84,14 +84,47 @@ class HostLatentVAE:
         return image[..., :3].float().clamp(0, 1).permute(0, 3, 1, 2).contiguous().to(out_device)
 
 
-class DiffusersLatentVAE:
-    """A diffusers ``AutoencoderKL`` behind the core protocol (posterior mean, scaled latents)."""
+def preferred_memory_format(device: torch.device) -> torch.memory_format:
+    """``channels_last`` on CPU, where oneDNN's NHWC convolutions are much faster, else NCHW.
 
-    def __init__(self, vae: Any, scaling_factor: float = LATENT_SCALE) -> None:
+    Measured on a 2-core AVX512 CPU with the full-size sd-vae-ft-mse decoder at batch 8:
+    fp32 5.7 -> 3.5 s/frame, bf16 1.8 s/frame. On CUDA the host's own choice (contiguous) is
+    kept (not measured here).
+    """
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
+def to_memory_format(module: torch.nn.Module, fmt: torch.memory_format) -> None:
+    """Lay out the 4-D weights of ``module`` in ``fmt`` in place (values unchanged)."""
+    module.to(memory_format=fmt)
+
+
+class DiffusersLatentVAE:
+    """A diffusers ``AutoencoderKL`` behind the core protocol (posterior mean, scaled latents).
+
+    On CPU the VAE's weights and inputs use the ``channels_last`` memory format (about 1.6x
+    faster in fp32, same values within float rounding); ``channels_last=False`` turns that off.
+    The weights are re-laid out once, on the first call on a given device type.
+    """
+
+    def __init__(self, vae: Any, scaling_factor: float = LATENT_SCALE, *,
+                 channels_last: bool = True) -> None:
         self.vae = vae
         self.latent_channels = int(vae.config.latent_channels)
         _check_channels(self.latent_channels)
         self.scaling_factor = float(scaling_factor)
+        self.channels_last = bool(channels_last)
+        self._format: torch.memory_format | None = None
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """Put the weights (once) and ``x`` in the memory format preferred on the device."""
+        fmt = (preferred_memory_format(self.device) if self.channels_last
+               else torch.contiguous_format)
+        if fmt != self._format:
+            if isinstance(self.vae, torch.nn.Module):
+                to_memory_format(self.vae, fmt)
+            self._format = fmt
+        return x.contiguous(memory_format=fmt)
 
     @property
     def device(self) -> torch.device:
@@ -105,7 +138,7 @@ class DiffusersLatentVAE:
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[B,3,H,W]`` RGB 0..1 -> scaled latents ``[B,4,H/8,W/8]`` (float32)."""
         _check_pixels(pixels)
-        x = pixels.to(device=self.device, dtype=self.dtype) * 2 - 1
+        x = self._layout(pixels.to(device=self.device, dtype=self.dtype) * 2 - 1)
         mean = self.vae.encode(x).latent_dist.mean
         return mean.float() * self.scaling_factor
 
@@ -113,7 +146,7 @@ class DiffusersLatentVAE:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled ``[B,4,h,w]`` -> RGB ``[B,3,8h,8w]`` float32 in 0..1."""
         _check_latents(latents)
-        z = latents.to(device=self.device, dtype=self.dtype) / self.scaling_factor
+        z = self._layout(latents.to(device=self.device, dtype=self.dtype) / self.scaling_factor)
         image = self.vae.decode(z).sample
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
