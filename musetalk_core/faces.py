@@ -24,7 +24,7 @@ from .batching import run_batched
 from .errors import FaceError, InputError
 from .landmarks import Candidates, detector_candidates, pose_candidates
 from .runtime import Runtime
-from .tracking import choose_face
+from .tracking import TrackState, choose_face
 from .types import CROP_SIZE, VERSIONS, MuseTalkFaces, Version
 
 log = logging.getLogger(__name__)
@@ -145,18 +145,43 @@ def _detector_landmarks(detector: Any, frames: torch.Tensor, boxes: np.ndarray,
     return lm
 
 
-def _apply_policy(policy: str, has: np.ndarray, lm: np.ndarray,
-                  det: np.ndarray | None) -> np.ndarray:
-    """Fill faceless frames for ``hold_last`` (leading ones take the first face); in place."""
+def _apply_policy(policy: str, has: np.ndarray, lm: np.ndarray, det: np.ndarray | None,
+                  state: TrackState | None = None) -> np.ndarray:
+    """Fill faceless frames for ``hold_last``, in place: the face of the last frame with one
+    (from ``state`` across calls); leading ones with none before take the first face. Records
+    the last face in ``state``."""
     found = np.flatnonzero(has)
-    if policy != "hold_last" or len(found) == len(has):
+    if policy != "hold_last":
         return has
-    src = np.maximum.accumulate(np.where(has, np.arange(len(has)), -1))
-    src[src < 0] = found[0]
-    lm[:] = lm[src]
-    if det is not None:
-        det[:] = det[src]
-    return np.ones_like(has)
+    prior = state is not None and state.last_landmarks is not None
+    if len(found) == len(has) or (not len(found) and not prior):
+        _remember(state, has, lm, det)
+        return has
+    if prior:
+        lm_all = np.concatenate([state.last_landmarks[None].astype(lm.dtype), lm])
+        det_all = (np.concatenate([state.last_det[None], det]) if det is not None
+                   and state.last_det is not None else None)
+        has_all = np.concatenate([[True], has])
+        src = np.maximum.accumulate(np.where(has_all, np.arange(len(has_all)), -1))[1:]
+    else:
+        lm_all, det_all = lm.copy(), None if det is None else det.copy()
+        src = np.maximum.accumulate(np.where(has, np.arange(len(has)), -1))
+        src[src < 0] = found[0]
+    lm[:] = lm_all[src]
+    if det is not None and det_all is not None:
+        det[:] = det_all[src]
+    filled = np.ones_like(has)
+    _remember(state, filled, lm, det)
+    return filled
+
+
+def _remember(state: TrackState | None, has: np.ndarray, lm: np.ndarray,
+              det: np.ndarray | None) -> None:
+    found = np.flatnonzero(has)
+    if state is None or not len(found):
+        return
+    state.last_landmarks = lm[found[-1]].copy()
+    state.last_det = None if det is None else det[found[-1]].copy()
 
 
 def crop_faces(
@@ -171,6 +196,7 @@ def crop_faces(
     face_index: int = -1,
     on_missing_face: str = "passthrough",
     smooth: float = 0.0,
+    state: TrackState | None = None,
 ) -> MuseTalkFaces:
     """Find, choose, box and crop one face per frame.
 
@@ -184,6 +210,11 @@ def crop_faces(
         face_index: -1 automatic, else the face counted left to right.
         on_missing_face: ``passthrough`` | ``hold_last`` | ``error``.
         smooth: temporal box smoothing strength 0..1 (0 = REF).
+        state: a :class:`~musetalk_core.tracking.TrackState` to resume from, for a clip given in
+            chunks (the streaming node): pass the same object with each chunk in order; it is
+            updated in place (chosen face, its last box, the last face for ``hold_last``, the
+            smoothing filter) and also returned in ``info["track_state"]``. The chunks' results
+            then equal one call on the whole clip. ``None``: a whole clip in one call.
 
     Returns:
         :class:`MuseTalkFaces` with ``info`` holding ``text`` lines, the missing frames, the
@@ -226,14 +257,15 @@ def crop_faces(
     elif detector is not None:
         source = "detector"
         cands = _detector_pass(detector, frames, runtime)
-        cands = _with_start_landmarks(detector, frames, cands, runtime)
+        if state is None or not state.started:
+            cands = _with_start_landmarks(detector, frames, cands, runtime)
     else:
         raise InputError("neither a face detector nor pose keypoints is connected",
                          input_name="detector",
                          fix="connect MuseTalk Face Detector Loader to 'detector', or DWPose "
                              "Estimator's POSE_KEYPOINT to 'pose_keypoints'")
 
-    chosen, choice = choose_face(cands, face_index)
+    chosen, choice = choose_face(cands, face_index, state)
     has = np.array([c is not None for c in chosen])
     det = np.zeros((n, 4))
     lm = np.zeros((n, 68, 2), np.float32)
@@ -250,7 +282,7 @@ def crop_faces(
         raise FaceError(f"no face in {len(missing)} of {n} frames (first: frame {missing[0]}; "
                         f"frames {frame_ranges(missing)})", input_name="on_missing_face",
                         fix="set on_missing_face to passthrough or hold_last, or trim the clip")
-    has = _apply_policy(on_missing_face, has, lm, det if source == "detector" else None)
+    has = _apply_policy(on_missing_face, has, lm, det if source == "detector" else None, state)
 
     lm_t = torch.from_numpy(lm)
     has_t = torch.from_numpy(has)
@@ -259,7 +291,8 @@ def crop_faces(
         extra_margin=int(extra_margin),
         det_boxes=torch.from_numpy(det) if source == "detector" else None)
     if smooth > 0:
-        boxes = cropmod.smooth_boxes(boxes, ok, float(smooth), h, w)
+        boxes = cropmod.smooth_boxes(boxes, ok, float(smooth), h, w,
+                                     None if state is None else state.smooth)
     lost = np.flatnonzero(has & ~ok.numpy()).tolist()
     rng = cropmod.bbox_shift_range(lm_t, ok)
     lm_t = torch.where(ok[:, None, None], lm_t, torch.zeros(()))
@@ -330,6 +363,7 @@ def crop_faces(
         "face_choice": choice,
         "on_missing_face": on_missing_face,
         "smooth_boxes": float(smooth),
+        "track_state": state,
     }
     return MuseTalkFaces(
         boxes=boxes.to(runtime.intermediate_device),

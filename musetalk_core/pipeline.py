@@ -35,6 +35,7 @@ import torch
 from . import blend, crop, inpaint, timeline
 from .errors import FaceError, InputError, WeightsError
 from .runtime import Runtime
+from .tracking import TrackState
 from .types import CROP_SIZE, LatentVAE, MuseTalkAudio, MuseTalkFaces, version_settings
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,9 @@ class LipSyncSettings:
         batch_size: frames per model batch (0: from free memory, halving on out-of-memory).
         chunk_size: output frames per chunk (streaming paths).
         latent_memo: source frames whose latents are kept between chunks.
+        face_index: -1 automatic, else the face counted left to right (tracked across chunks).
+        on_missing_face: ``passthrough``, ``hold_last`` (across chunks too) or ``error``.
+        smooth_boxes: causal box smoothing 0..1 (0 = REF; continues across chunks).
     """
 
     bbox_shift: int = 0
@@ -89,6 +93,9 @@ class LipSyncSettings:
     batch_size: int = 0
     chunk_size: int = 32
     latent_memo: int = 1024
+    face_index: int = -1
+    on_missing_face: str = "passthrough"
+    smooth_boxes: float = 0.0
 
 
 # --------------------------------------------------------------------------- memory
@@ -235,6 +242,7 @@ class LipSyncProcessor:
         self.source_size = (int(source_size[0]), int(source_size[1]))
         self.pose = pose_keypoints
         self._geo: dict[int, tuple[torch.Tensor, bool, torch.Tensor]] = {}
+        self.track = TrackState()
         self._latents: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.stats = ProcessorStats()
 
@@ -254,7 +262,10 @@ class LipSyncProcessor:
         """Face geometry of the distinct source frames ``src`` (uint8 ``frames``, one each).
 
         New frames go through :func:`musetalk_core.faces.crop_faces` (the Face Crop node's
-        function); their geometry is kept for the clip. Returns the crops it made, by source.
+        function) with the clip's :class:`~musetalk_core.tracking.TrackState`, so the chosen
+        face, ``hold_last`` and smoothing continue across chunks exactly as in one whole-clip
+        call (new source frames arrive in order: the first walk reads the source forward).
+        Their geometry is kept for the clip. Returns the crops it made, by source.
         """
         from .faces import crop_faces
 
@@ -268,7 +279,10 @@ class LipSyncProcessor:
             found = crop_faces(frames[todo].float() / 255.0, self.runtime,
                                detector=None if pose is not None else self.models.detector,
                                pose_keypoints=pose, version=self.version,
-                               bbox_shift=self.bbox_shift, extra_margin=self.extra_margin)
+                               bbox_shift=self.bbox_shift, extra_margin=self.extra_margin,
+                               face_index=int(self.settings.face_index),
+                               on_missing_face=self.settings.on_missing_face,
+                               smooth=float(self.settings.smooth_boxes), state=self.track)
         except FaceError as err:
             if err.input_name != "frames":
                 raise

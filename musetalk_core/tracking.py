@@ -14,12 +14,18 @@ Rule (deterministic, documented in the node):
   5. the topmost, then the leftmost.
 * tracking: frame by frame, the candidate with the largest overlap (IoU >= 0.3) with the face's
   last known box; with no such candidate the frame has no face. It never jumps to another face.
+
+Resumable: :class:`TrackState` carries the tracked face's last box and the choice from one call to
+the next, so a clip cut into chunks (the streaming node) tracks exactly as one whole-clip call
+does. Rule 4 (steadiest) sees only the frames of the call that holds the start frame; it decides
+only when rules 1-3 and the start frame leave a tie.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -47,6 +53,33 @@ _TEMPLATE = np.array([
     [13, 50], [41, 57], [14, 64], [0, 65], [-12, 64]], dtype=np.float64) / 100.0
 
 
+@dataclass
+class TrackState:
+    """Where the face tracking of a clip stands after the frames seen so far (resumable).
+
+    Attributes:
+        frames: source frames seen so far (the next call's first frame has this index).
+        last_box: float64 ``[4]`` tracking box of the followed face in the last frame it was
+            found, or ``None`` before the first face.
+        choice: the face-choice report of the start frame (``{}`` before it).
+        last_landmarks: float32 ``[68, 2]`` of the last frame with the face (``hold_last``).
+        last_det: float64 ``[4]`` detector box of that frame (``hold_last``, detector path).
+        smooth: box-smoothing filter state (:func:`musetalk_core.crop.smooth_boxes`).
+    """
+
+    frames: int = 0
+    last_box: np.ndarray | None = None
+    choice: dict = field(default_factory=dict)
+    last_landmarks: np.ndarray | None = None
+    last_det: np.ndarray | None = None
+    smooth: dict = field(default_factory=dict)
+
+    @property
+    def started(self) -> bool:
+        """True once the face to follow has been chosen."""
+        return self.last_box is not None
+
+
 def _normalise(lm: np.ndarray) -> np.ndarray:
     p = lm - lm.mean(-2, keepdims=True)
     r = np.sqrt((p ** 2).sum(-1).mean(-1))[..., None, None]
@@ -71,12 +104,17 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(a + b - inter, 1e-9)
 
 
-def track(cands: Sequence[Candidates], start: int, index: int) -> list[int | None]:
-    """Follow candidate ``index`` of frame ``start``: per frame the candidate index or None."""
+def track(cands: Sequence[Candidates], start: int, index: int | None,
+          last: np.ndarray | None = None) -> list[int | None]:
+    """Follow candidate ``index`` of frame ``start`` (or, with ``index`` None, the face whose
+    last box is ``last``, from frame ``start`` on): per frame the candidate index or None."""
     out: list[int | None] = [None] * len(cands)
-    out[start] = index
-    last = cands[start].boxes[index]
-    for f in range(start + 1, len(cands)):
+    first = start
+    if index is not None:
+        out[start] = index
+        last = cands[start].boxes[index]
+        first = start + 1
+    for f in range(first, len(cands)):
         c = cands[f]
         if len(c) == 0:
             continue
@@ -88,28 +126,66 @@ def track(cands: Sequence[Candidates], start: int, index: int) -> list[int | Non
     return out
 
 
+def last_found_box(cands: Sequence[Candidates], chosen: Sequence[int | None]
+                   ) -> np.ndarray | None:
+    """Tracking box of the last frame where the followed face was found (``None``: none)."""
+    for f in range(len(chosen) - 1, -1, -1):
+        if chosen[f] is not None:
+            return np.asarray(cands[f].boxes[chosen[f]], np.float64).copy()
+    return None
+
+
 def _describe(box: np.ndarray) -> str:
     x1, y1, x2, y2 = (int(round(v)) for v in box)
     return f"({x1},{y1})-({x2},{y2})"
 
 
-def choose_face(cands: Sequence[Candidates], face_index: int = -1) -> tuple[list[int | None],
-                                                                            dict]:
-    """Pick the face to follow and track it.
+def choose_face(cands: Sequence[Candidates], face_index: int = -1,
+                state: TrackState | None = None) -> tuple[list[int | None], dict]:
+    """Pick the face to follow and track it (or go on tracking it, given a started ``state``).
 
     Args:
         cands: per-frame candidates; the start frame's should carry landmarks when available
             (plausibility needs them).
         face_index: -1 for automatic, else the face counted left to right in the first frame
             with faces.
+        state: optional :class:`TrackState` of the frames before ``cands``; updated in place
+            (last box, choice, frame count) so the next call continues where this one ended.
 
     Returns:
         (per-frame candidate index or None, report dict with ``start_frame``, ``faces_in_start``,
         ``chosen`` (left-to-right index), ``rejected`` (list of reasons)).
 
     Raises:
-        FaceError: no candidate in any frame, or ``face_index`` out of range.
+        FaceError: no candidate in any frame (before the face was chosen), or ``face_index``
+            out of range.
     """
+    if state is not None and state.started:
+        out = track(cands, 0, None, state.last_box)
+        _advance(state, cands, out, state.choice)
+        return out, dict(state.choice)
+    try:
+        out, report = _choose(cands, face_index)
+    except FaceError as err:
+        if state is not None and err.input_name == "frames":
+            state.frames += len(cands)
+        raise
+    if state is not None:
+        _advance(state, cands, out, report)
+    return out, report
+
+
+def _advance(state: TrackState, cands: Sequence[Candidates], out: list[int | None],
+             report: dict) -> None:
+    box = last_found_box(cands, out)
+    if box is not None:
+        state.last_box = box
+    if not state.choice:
+        state.choice = {**report, "start_frame": report["start_frame"] + state.frames}
+    state.frames += len(cands)
+
+
+def _choose(cands: Sequence[Candidates], face_index: int) -> tuple[list[int | None], dict]:
     start = next((i for i, c in enumerate(cands) if len(c)), None)
     if start is None:
         raise FaceError(f"no face found in any of the {len(cands)} frames", input_name="frames",
