@@ -39,7 +39,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -128,8 +128,9 @@ def audio_frame_count(n_samples: int, sample_rate: int, fps: Fraction) -> int:
     return (n_samples * fps.numerator) // (sample_rate * fps.denominator)
 
 
-def _audio_info(audio: dict[str, Any]) -> tuple[int, int]:
-    if not isinstance(audio, dict) or "waveform" not in audio:
+def _audio_info(audio: Mapping[str, Any]) -> tuple[int, int]:
+    """``(samples, rate)`` of any AUDIO mapping (a dict, or VideoHelperSuite's lazy map)."""
+    if not isinstance(audio, Mapping) or "waveform" not in audio:
         raise AudioError("audio is not an AUDIO value", input_name="audio",
                          fix="connect a core AUDIO output (e.g. LoadAudio)")
     wave = audio["waveform"]
@@ -159,7 +160,7 @@ def _disk_full(err: BaseException) -> bool:
 
 def stream_video(
     source: str | os.PathLike[str],
-    audio: dict[str, Any],
+    audio: Mapping[str, Any],
     output: str | os.PathLike[str],
     process: ProcessFn = identity,
     *,
@@ -173,8 +174,9 @@ def stream_video(
 
     Args:
         source: the video file (path).
-        audio: the driving speech, host AUDIO dict (``waveform`` ``[B, C, n]``,
-            ``sample_rate``); it sets the output length (see the module notes).
+        audio: the driving speech, host AUDIO (a dict, or any mapping such as
+            VideoHelperSuite's lazy audio: ``waveform`` ``[B, C, n]``, ``sample_rate``);
+            it sets the output length (see the module notes).
         output: the final MP4 path (written atomically).
         process: per-chunk work (:data:`ProcessFn`); :func:`identity` by default.
         frames_per_chunk: frames decoded, processed and encoded at a time (memory scales with
@@ -349,7 +351,7 @@ class FileVideo:
 
 def lipsync_video(
     source: str | os.PathLike[str],
-    speech: dict[str, Any],
+    speech: Mapping[str, Any],
     models: Any,
     settings: Any,
     runtime: Runtime,

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
 
@@ -174,6 +175,7 @@ def test_bad_inputs(tmp_path):
 _MEMORY_SCRIPT = r"""
 import json, sys, torch
 sys.path.insert(0, {root!r})
+from collections.abc import Mapping
 from fractions import Fraction
 from musetalk_core.streaming import stream_video, peak_rss
 from tests.unit.test_streaming import numbered_clip, speech
@@ -201,3 +203,37 @@ def test_peak_memory_does_not_grow_with_length(tmp_path):
     long = _peak_growth(tmp_path / "long", 60.0)
     # 10x the frames; growth must stay within 10 % (+ 8 MiB for the longer waveform/allocator)
     assert long <= short * 1.1 + 8 * 2**20, (short, long)
+
+
+class LazyAudio(Mapping):
+    """A read-only, lazily loaded AUDIO mapping, shaped like VideoHelperSuite's (not a dict)."""
+
+    def __init__(self, make):
+        self._make, self._value, self.loads = make, None, 0
+
+    def _get(self) -> dict:
+        if self._value is None:
+            self._value = self._make()
+            self.loads += 1
+        return self._value
+
+    def __getitem__(self, key):
+        return self._get()[key]
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+def test_lazy_audio_mapping_is_accepted(tmp_path):
+    src = numbered_clip(tmp_path / "src.mp4", 30)
+    lazy = LazyAudio(lambda: speech(0.6))
+    assert not isinstance(lazy, dict)
+    rep = stream_video(src, lazy, tmp_path / "o.mp4", frames_per_chunk=8)
+    info = probe(tmp_path / "o.mp4")
+    assert rep.frames == 15 and info["frames"] == 15 and lazy.loads == 1
+    assert abs(info["audio_s"] - 0.6) < 0.05
+    with pytest.raises(AudioError, match="AUDIO"):
+        stream_video(src, [("waveform", 1)], tmp_path / "p.mp4")
