@@ -81,8 +81,8 @@ def _source_path(video: Any, folder: str):
             os.unlink(path)
 
 
-def _run(video: Any, audio: Any, model: Any, vae: Any, whisper: Any, face_detector: Any = None,
-         pose_keypoints: Any = None, face_parser: Any = None, frames_per_chunk: int = 32,
+def _run(video: Any, audio: Any, model: Any, vae: Any, whisper: Any, detector: Any = None,
+         pose_keypoints: Any = None, parser: Any = None, frames_per_chunk: int = 32,
          bbox_shift: int = 0, extra_margin: int = 10,
          length_policy: str = timeline.DEFAULT_POLICY, parsing_mode: str = "auto",
          batch_size: int = 0) -> Result:
@@ -95,13 +95,13 @@ def _run(video: Any, audio: Any, model: Any, vae: Any, whisper: Any, face_detect
     if model is None:
         raise InputError("no MuseTalk model connected", input_name="model",
                          fix="connect MuseTalk Model Loader")
-    if face_detector is None and pose_keypoints is None:
+    if detector is None and pose_keypoints is None:
         raise InputError("neither a face detector nor pose keypoints are connected",
-                         input_name="face_detector",
+                         input_name="detector",
                          fix="connect MuseTalk Face Detector Loader (or a DWPose POSE_KEYPOINT)")
     models = LipSyncModels(unet=model, vae=latent_vae(vae), whisper=whisper,
-                           detector=None if pose_keypoints is not None else face_detector,
-                           parser=face_parser)
+                           detector=None if pose_keypoints is not None else detector,
+                           parser=parser)
     settings = LipSyncSettings(
         bbox_shift=int(bbox_shift or 0),
         extra_margin=None if extra_margin is None else int(extra_margin),
@@ -135,11 +135,11 @@ LIPSYNC_VIDEO = NodeDef(
         In("model", MUSETALK_MODEL, "The MuseTalk UNet from MuseTalk Model Loader (v1 or v1.5)."),
         In("vae", VAE, "sd-vae-ft-mse from Load VAE."),
         In("whisper", MUSETALK_WHISPER, "whisper-tiny from MuseTalk Whisper Loader."),
-        In("face_detector", MUSETALK_FACE_DETECTOR, "Face detector + 68-point landmarks (MuseTalk "
+        In("detector", MUSETALK_FACE_DETECTOR, "Face detector + 68-point landmarks (MuseTalk "
            "Face Detector Loader). Not needed when pose keypoints are connected.", optional=True),
         In("pose_keypoints", POSE_KEYPOINT, "Face keypoints per source frame (DWPose/OpenPose) "
            "instead of the detector.", optional=True),
-        In("face_parser", MUSETALK_FACE_PARSER, "BiSeNet face parser for the blend mask; without "
+        In("parser", MUSETALK_FACE_PARSER, "BiSeNet face parser for the blend mask; without "
            "it a feathered ellipse is used.", optional=True),
         In("frames_per_chunk", INT, "Frames decoded, lip-synced and encoded at a time. RAM grows "
            "with it (about 70 MB per 720p frame on CPU), never with the clip length.",

@@ -211,6 +211,18 @@ def test_missing_face_source_is_an_error(pack, setup, monkeypatch, tmp_path):
     errors = pack.musetalk_core.errors
     vn = pack.nodes.video_nodes
     monkeypatch.setattr(vn._host, "temp_directory", lambda: str(tmp_path))
-    with pytest.raises(errors.InputError, match="face_detector"):
+    with pytest.raises(errors.InputError, match="detector") as got:
         _node(pack).call(video=FileOnlyVideo(setup["src"]), audio=_speech(setup, 0.4),
                          model=StandInUNet(), vae=setup["vae"], whisper=setup["whisper"])
+    assert got.value.input_name == "detector"
+
+
+def test_input_names_match_the_one_node_lip_sync(pack):
+    """Shared workflows link by input name: the two lip-sync nodes name shared inputs alike."""
+    video = {i.name: i.type for i in _node(pack).inputs}
+    image = next(d for d in pack.nodes.lipsync_nodes.NODES if d.node_id == "MuseTalkLipSync")
+    image = {i.name: i.type for i in image.inputs}
+    assert {"detector", "parser", "pose_keypoints"} <= set(video)
+    assert not {"face_detector", "face_parser"} & set(video)
+    for name in set(video) & set(image):
+        assert video[name] == image[name], name
