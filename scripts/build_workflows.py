@@ -345,7 +345,36 @@ def v15_sis_jaw() -> Workflow:
     ], groups=[("Models", [9, 10, 4, 6, 12])])
 
 
-WORKFLOWS = (dub_a_clip, talking_portrait, generator_chain, v15_sis_jaw)
+def long_clip_streaming() -> Workflow:
+    loaders = _loaders({"model": 3, "vae": 4, "whisper": 5, "detector": 6, "parser": 7}, 0, 2)
+    return Workflow("long_clip_streaming", [
+        N(1, "LoadVideo", {"file": CLIP_25}, col=0, row=0, title="Load Video (any length)"),
+        N(2, "LoadAudio", {"audio": SPEECH}, col=1, row=0, title="Load Audio (the speech)"),
+        *loaders,
+        N(8, "MuseTalkLipSyncVideo", {"frames_per_chunk": 32, "bbox_shift": 0,
+                                      "extra_margin": 10, "length_policy": "pingpong",
+                                      "parsing_mode": "auto", "batch_size": 0},
+          {"video": (1, 0), "audio": (2, 0), "model": (3, 0), "vae": (4, 0),
+           "whisper": (5, 0), "detector": (6, 0), "parser": (7, 0)}, col=2, row=2,
+          size=(360, 420)),
+        N(9, "SaveVideo", {"filename_prefix": "musetalk/long_clip", "format": "auto",
+                           "codec": "auto"}, {"video": (8, 0)}, col=3, row=2, size=(360, 420)),
+        N(10, "MarkdownNote", col=2, row=0, size=(360, 380), text=(
+            "## Long clips in bounded memory\n"
+            "**MuseTalk Lip Sync (video)** takes the VIDEO itself, not its frames: it decodes, "
+            "lip-syncs and encodes `frames_per_chunk` frames at a time, so a ten-minute clip "
+            "needs about the same RAM as a ten-second one. Do not put Get Video Components in "
+            "front of it (that decodes the whole clip into memory).\n\n"
+            "The output lasts as long as the speech (a shorter clip is walked back and forth: "
+            "`length_policy`); the speech is muxed in. Save Video keeps the result without "
+            "re-encoding it.\n\n"
+            "Lower `frames_per_chunk` if memory is tight; the face is tracked across chunks, "
+            "so the chunk size does not change the result.")),
+        N(11, "MarkdownNote", col=0, row=7, size=(360, 260), text=MODELS_NOTE),
+    ], groups=[("Models", [3, 4, 5, 6, 7])])
+
+
+WORKFLOWS = (dub_a_clip, talking_portrait, generator_chain, v15_sis_jaw, long_clip_streaming)
 
 
 # --------------------------------------------------------------------------- rendering

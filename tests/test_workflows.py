@@ -20,7 +20,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 UI_DIR = ROOT / "workflows"
 API_DIR = UI_DIR / "api"
-EXPECTED = {"dub_a_clip", "talking_portrait", "generator_chain", "v15_sis_jaw"}
+EXPECTED = {"dub_a_clip", "talking_portrait", "generator_chain", "v15_sis_jaw",
+            "long_clip_streaming"}
 
 
 def _builder():
@@ -183,3 +184,11 @@ def test_what_each_workflow_shows():
     assert modes["MuseTalkReferenceSelect"] == "sis" and modes["MuseTalkBlend"] == "jaw"
     assert types("v15_sis_jaw").count("PreviewImage") == 3 and "MaskToImage" in types(
         "v15_sis_jaw")
+    long = _api("long_clip_streaming")
+    node = next(n for n in long.values() if n["class_type"] == "MuseTalkLipSyncVideo")
+    load = next(k for k, n in long.items() if n["class_type"] == "LoadVideo")
+    assert node["inputs"]["video"] == [load, 0]  # the VIDEO itself: never decoded whole
+    assert "GetVideoComponents" not in types("long_clip_streaming")
+    assert {"detector", "parser"} <= set(node["inputs"])
+    save = next(n for n in long.values() if n["class_type"] == "SaveVideo")
+    assert save["inputs"]["video"] == [next(k for k, n in long.items() if n is node), 0]
