@@ -31,6 +31,7 @@ CASES = {
     "talking_portrait": ("portrait_video_frame_512x512.landmarks.npz", 1, 0.28, Fraction(25)),
     "generator_chain": ("portrait_astronaut_512x512.landmarks.npz", 6, 0.375, Fraction(16)),
     "v15_sis_jaw": ("talk_29_97fps_512x512.landmarks.npz", 8, 0.32, Fraction(30000, 1001)),
+    "long_clip_streaming": ("talk_25fps_512x512.landmarks.npz", 8, 0.32, Fraction(25)),
 }
 
 
