@@ -25,6 +25,7 @@ from . import _host
 from ._spec import (
     AUDIO,
     COMBO,
+    FLOAT,
     INT,
     MUSETALK_FACE_DETECTOR,
     MUSETALK_FACE_PARSER,
@@ -85,7 +86,8 @@ def _run(video: Any, audio: Any, model: Any, vae: Any, whisper: Any, detector: A
          pose_keypoints: Any = None, parser: Any = None, frames_per_chunk: int = 32,
          bbox_shift: int = 0, extra_margin: int = 10,
          length_policy: str = timeline.DEFAULT_POLICY, parsing_mode: str = "auto",
-         batch_size: int = 0) -> Result:
+         batch_size: int = 0, face_index: int = -1, on_missing_face: str = "passthrough",
+         smooth_boxes: float = 0.0) -> Result:
     from ..musetalk_core.pipeline import LipSyncModels, LipSyncSettings
     from ..musetalk_core.streaming import lipsync_video
     from .inpaint_nodes import latent_vae
@@ -107,7 +109,10 @@ def _run(video: Any, audio: Any, model: Any, vae: Any, whisper: Any, detector: A
         extra_margin=None if extra_margin is None else int(extra_margin),
         length_policy=length_policy or timeline.DEFAULT_POLICY,
         parsing_mode=None if parsing_mode in (None, "auto") else parsing_mode,
-        batch_size=int(batch_size or 0), chunk_size=int(frames_per_chunk or 32))
+        batch_size=int(batch_size or 0), chunk_size=int(frames_per_chunk or 32),
+        face_index=-1 if face_index is None else int(face_index),
+        on_missing_face=on_missing_face or "passthrough",
+        smooth_boxes=float(smooth_boxes or 0.0))
     folder = output_folder()
     output = os.path.join(folder, f"musetalk_lipsync_{uuid.uuid4().hex[:12]}.mp4")
     with _source_path(video, folder) as source:
@@ -155,6 +160,15 @@ LIPSYNC_VIDEO = NodeDef(
            "neck, or ellipse (no parser).", default="auto", options=list(PARSING_MODES)),
         In("batch_size", INT, "Frames per model batch; 0 picks it from free memory and halves it "
            "on out-of-memory.", default=0, min=0, max=256, step=1),
+        In("face_index", INT, "-1: automatic (the largest plausible face). 0, 1, ...: the face "
+           "counted left to right in the first frame with faces. It is followed through the "
+           "whole clip, across chunks.", default=-1, min=-1, max=64, step=1),
+        In("on_missing_face", COMBO, "Frames without the face: passthrough (left untouched), "
+           "hold_last (the last face box, also across chunks) or error.",
+           default="passthrough", options=["passthrough", "hold_last", "error"]),
+        In("smooth_boxes", FLOAT, "Temporal smoothing of the crop boxes (0 = off, matches the "
+           "reference; 1 = strongest). Causal, so the chunk size does not change the result.",
+           default=0.0, min=0.0, max=1.0, step=0.05),
     ),
     outputs=(Out(VIDEO, "video", "The lip-synced MP4 with the speech, file-backed (temp folder): "
                                  "Save Video keeps it without re-encoding."),),

@@ -226,3 +226,26 @@ def test_input_names_match_the_one_node_lip_sync(pack):
     assert not {"face_detector", "face_parser"} & set(video)
     for name in set(video) & set(image):
         assert video[name] == image[name], name
+
+
+def test_face_settings_reach_the_streaming_processor(pack, setup, monkeypatch, tmp_path):
+    """face_index, on_missing_face and smooth_boxes go to the per-chunk tracker's settings."""
+    from tests.tiny_models import StandInUNet
+
+    vn = pack.nodes.video_nodes
+    monkeypatch.setattr(vn._host, "temp_directory", lambda: str(tmp_path))
+    seen = {}
+
+    def fake(source, audio, models, settings, runtime, **kw):
+        seen["settings"] = settings
+        raise pack.musetalk_core.errors.InputError("stop", input_name="video", fix="test")
+
+    monkeypatch.setattr(pack.musetalk_core.streaming, "lipsync_video", fake)
+    with pytest.raises(pack.musetalk_core.errors.InputError, match="stop"):
+        _node(pack).call(video=FileOnlyVideo(setup["src"]), audio=_speech(setup, 0.4),
+                         model=StandInUNet(), vae=setup["vae"], whisper=setup["whisper"],
+                         pose_keypoints=setup["pose"], frames_per_chunk=5, face_index=1,
+                         on_missing_face="hold_last", smooth_boxes=0.5)
+    s = seen["settings"]
+    assert (s.face_index, s.on_missing_face, s.smooth_boxes, s.chunk_size) == \
+        (1, "hold_last", 0.5, 5)
