@@ -214,7 +214,10 @@ def crop_faces(
             chunks (the streaming node): pass the same object with each chunk in order; it is
             updated in place (chosen face, its last box, the last face for ``hold_last``, the
             smoothing filter) and also returned in ``info["track_state"]``. The chunks' results
-            then equal one call on the whole clip. ``None``: a whole clip in one call.
+            then equal one call on the whole clip, with one exception: under ``hold_last``,
+            faceless frames before the clip's first face take that face only when it is in
+            the same call (a chunk cannot see ahead); earlier chunks have no face.
+            ``None``: a whole clip in one call.
 
     Returns:
         :class:`MuseTalkFaces` with ``info`` holding ``text`` lines, the missing frames, the
