@@ -6,18 +6,15 @@ import argparse
 import json
 import os
 import struct
-import sys
 import time
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))  # noqa: E402
-from _tiny import save_unet, tiny_unet, write_config  # noqa: E402
-
 from musetalk_core.errors import WeightsError  # noqa: E402
 from musetalk_core.models.unet import load_unet  # noqa: E402
 from musetalk_core.models.vae import load_vae  # noqa: E402
+from tests.models._tiny import save_unet, tiny_unet, write_config
 
 
 class _Evil:

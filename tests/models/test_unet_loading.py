@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))  # noqa: E402 - the shared tiny-checkpoint helpers
-from _tiny import TINY_UNET_CONFIG, save_unet, tiny_unet, write_config  # noqa: E402
-
 from musetalk_core.errors import InputError, WeightsError  # noqa: E402
 from musetalk_core.models.unet import MuseTalkUNet, load_unet, positional_encoding  # noqa: E402
 from musetalk_core.weights.hashing import file_sha256  # noqa: E402
+from tests.models._tiny import TINY_UNET_CONFIG, save_unet, tiny_unet, write_config
 
 FILES = {"v1": "musetalk/pytorch_model.bin", "v1.5": "musetalkV15/unet.pth"}
 

@@ -7,15 +7,13 @@ import hashlib
 import http.server
 import importlib.util
 import os
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from _tiny import save_unet, tiny_unet, write_config  # noqa: E402
+from tests.models._tiny import save_unet, tiny_unet, write_config
 
 FAKE = Path(__file__).resolve().parents[1] / "fakes" / "folder_paths.py"
 

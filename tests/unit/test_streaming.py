@@ -174,7 +174,6 @@ def test_bad_inputs(tmp_path):
 
 _MEMORY_SCRIPT = r"""
 import json, sys, torch
-sys.path.insert(0, {root!r})
 from collections.abc import Mapping
 from fractions import Fraction
 from musetalk_core.streaming import stream_video, peak_rss
@@ -191,8 +190,8 @@ print(json.dumps({{"before": before, "after": peak_rss()}}))
 
 def _peak_growth(tmp: Path, seconds: float) -> int:
     tmp.mkdir()
-    script = _MEMORY_SCRIPT.format(root=str(ROOT))
-    out = subprocess.run([sys.executable, "-c", script, str(tmp), str(seconds)],
+    script = _MEMORY_SCRIPT.format()  # run from the root: ``python -c`` imports from cwd
+    out = subprocess.run([sys.executable, "-c", script, str(tmp), str(seconds)], cwd=ROOT,
                          capture_output=True, text=True, check=True, timeout=300)
     info = json.loads(out.stdout.strip().splitlines()[-1])
     return info["after"] - info["before"]
