@@ -241,26 +241,29 @@ def run_whisper_loader(whisper_name: str, dtype: str, download: bool) -> tuple:
         load_whisper(path, device=offload, dtype=torch_dtype), load_device, offload)),)
 
 
-def run_face_detector_loader(detector_name: str, landmarks_name: str, download: bool) -> tuple:
+def run_face_detector_loader(detector_name: str, landmarks_name: str, download: bool,
+                             dtype: str | None = None) -> tuple:
     from ..musetalk_core.models.face_detector import load_face_detector
 
     s3fd = resolve(detector_name, "detector_name", bool(download))
     fan = resolve(landmarks_name, "landmarks_name", bool(download))
     load_device, offload = _host.model_devices()
-    key = ("detector", s3fd, _stat_key(s3fd), fan, _stat_key(fan), str(offload))
+    torch_dtype = _dtype(dtype or "auto", load_device)
+    key = ("detector", s3fd, _stat_key(s3fd), fan, _stat_key(fan), torch_dtype, str(offload))
     return (_cached(key, lambda: _host.attach_patcher(
-        load_face_detector(s3fd, fan, device=offload, dtype=torch.float32), load_device,
+        load_face_detector(s3fd, fan, device=offload, dtype=torch_dtype), load_device,
         offload)),)
 
 
-def run_face_parser_loader(parser_name: str, download: bool) -> tuple:
+def run_face_parser_loader(parser_name: str, download: bool, dtype: str | None = None) -> tuple:
     from ..musetalk_core.models.face_parser import load_face_parser
 
     path = resolve(parser_name, "parser_name", bool(download))
     load_device, offload = _host.model_devices()
-    key = ("parser", path, _stat_key(path), str(offload))
+    torch_dtype = _dtype(dtype or "auto", load_device)
+    key = ("parser", path, _stat_key(path), torch_dtype, str(offload))
     return (_cached(key, lambda: _host.attach_patcher(
-        load_face_parser(path, device=offload, dtype=torch.float32, display_name=parser_name),
+        load_face_parser(path, device=offload, dtype=torch_dtype, display_name=parser_name),
         load_device, offload)),)
 
 
@@ -312,6 +315,7 @@ NODES: list[NodeDef] = [
                "TorchScript 2DFAN4-cd938726ad.zip is used only if you placed it and no "
                "state-dict file exists.", default=FAN_DEFAULT,
                options=_under("face_alignment/", [FAN_DEFAULT])),
+            DTYPE_IN,
             DOWNLOAD_IN,
         ),
         outputs=(Out(MUSETALK_FACE_DETECTOR, "face_detector", "S3FD + 2D-FAN."),),
@@ -327,6 +331,7 @@ NODES: list[NodeDef] = [
             In("parser_name", COMBO, "BiSeNet weights in models/musetalk/face-parse-bisent "
                "(79999_iter.pth; not the resnet18 backbone file).", default=PARSER_DEFAULT,
                options=_under("face-parse-bisent/", [PARSER_DEFAULT])),
+            DTYPE_IN,
             DOWNLOAD_IN,
         ),
         outputs=(Out(MUSETALK_FACE_PARSER, "face_parser", "The BiSeNet face parser."),),

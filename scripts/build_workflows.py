@@ -179,10 +179,11 @@ def _loaders(ids: dict[str, int], col: int, row0: int, *, detector: bool = True,
     if detector:
         nodes.append(N(ids["detector"], "MuseTalkFaceDetectorLoader",
                        {"detector_name": MODELS["s3fd"], "landmarks_name": MODELS["fan"],
-                        "download": True}, col=col, row=row0 + 3))
+                        "dtype": "auto", "download": True}, col=col, row=row0 + 3))
     if parser:
         nodes.append(N(ids["parser"], "MuseTalkFaceParserLoader",
-                       {"parser_name": MODELS["parser"], "download": True}, col=col,
+                       {"parser_name": MODELS["parser"], "dtype": "auto",
+                        "download": True}, col=col,
                        row=row0 + 4))
     return nodes
 

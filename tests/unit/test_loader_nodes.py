@@ -183,3 +183,32 @@ def test_whisper_folder_needs_only_its_own_files(pack, host):
     (folder / "preprocessor_config.json").unlink()
     with pytest.raises(pack.musetalk_core.errors.WeightsError, match="no preprocessor_config.json"):
         pack.nodes.loader_nodes.resolve("whisper", "whisper_name", False, folder_ok=True)
+
+
+def test_parser_and_detector_loaders_honour_dtype(pack, host):
+    """The face parser and face detector loaders take the same dtype choice as the others."""
+    from tests.tiny_models import write_tiny_face_detector, write_tiny_parser
+
+    models = host.parent
+    write_tiny_parser(models)
+    write_tiny_face_detector(models)
+    parser_node = _node(pack, "MuseTalkFaceParserLoader")
+    names = {i.name for i in parser_node.inputs}
+    assert "dtype" in names
+    fp32 = parser_node.call(parser_name="face-parse-bisent/79999_iter.pth", dtype="fp32",
+                            download=False).values[0]
+    bf16 = parser_node.call(parser_name="face-parse-bisent/79999_iter.pth", dtype="bf16",
+                            download=False).values[0]
+    assert next(fp32.parameters()).dtype == torch.float32
+    assert next(bf16.parameters()).dtype == torch.bfloat16
+    rgb = torch.rand(2, 3, 64, 64)
+    agree = (fp32.parse(rgb) == bf16.parse(rgb)).float().mean()
+    assert agree > 0.8, float(agree)
+
+    det_node = _node(pack, "MuseTalkFaceDetectorLoader")
+    det = det_node.call(detector_name="face_alignment/s3fd-619a316812.pth",
+                        landmarks_name="face_alignment/2DFAN4-11f355bf06.pth.tar",
+                        dtype="bf16", download=False).values[0]
+    assert det.dtype == torch.bfloat16
+    boxes = det.detect(torch.randint(0, 255, (2, 64, 64, 3), dtype=torch.uint8))
+    assert len(boxes) == 2
