@@ -12,6 +12,7 @@ through ``--extra-model-paths-config``, as users do).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -123,6 +124,40 @@ class Host:
             ws.close()
 
 
+@contextlib.contextmanager
+def start_host(base: Path, args: list[str], log_name: str, *, ready_node: str):
+    """Start ComfyUI on a free loopback port with ``--base-directory base`` and ``args``; yield a
+    :class:`Host` once ``/object_info/<ready_node>`` answers; stop it afterwards."""
+    port = _free_port()
+    log_path = base / log_name
+    cmd = [_python(), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+           "--disable-auto-launch", "--base-directory", str(base),
+           "--disable-all-custom-nodes", "--database-url", "sqlite:///:memory:", *args]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=COMFYUI_PATH, stdout=log, stderr=subprocess.STDOUT)
+    h = Host(base, port, proc, log_path)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"ComfyUI exited early:\n{h.log()[-4000:]}")
+            try:
+                h.get(f"/object_info/{ready_node}", timeout=2)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError,
+                    json.JSONDecodeError):
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"ComfyUI did not answer in 120 s:\n{h.log()[-4000:]}")
+        yield h
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def _python() -> str:
     explicit = os.environ.get("COMFYUI_PYTHON")
     if explicit:
@@ -167,31 +202,7 @@ def host(host_base, host_models, tmp_path_factory):
         "    musetalk: musetalk\n"
         "    vae: vae\n"
     )
-    port = _free_port()
-    log_path = host_base / "server.log"
-    cmd = [_python(), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--disable-auto-launch", "--base-directory", str(host_base),
-           "--extra-model-paths-config", str(cfg), "--disable-all-custom-nodes",
-           "--whitelist-custom-nodes", PACK_FOLDER, TEST_POSE_FOLDER,
-           "--database-url", "sqlite:///:memory:"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=COMFYUI_PATH, stdout=log, stderr=subprocess.STDOUT)
-    h = Host(host_base, port, proc, log_path)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"ComfyUI exited early:\n{h.log()[-4000:]}")
-        try:
-            h.get("/object_info/MuseTalkModelLoader", timeout=2)
-            break
-        except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
-            time.sleep(0.5)
-    else:
-        proc.terminate()
-        pytest.fail(f"ComfyUI did not answer in 120 s:\n{h.log()[-4000:]}")
-    yield h
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    extra = ["--extra-model-paths-config", str(cfg), "--whitelist-custom-nodes", PACK_FOLDER,
+             TEST_POSE_FOLDER]
+    with start_host(host_base, extra, "server.log", ready_node="MuseTalkModelLoader") as h:
+        yield h

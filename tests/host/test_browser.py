@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import time
-import urllib.error
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from .conftest import COMFYUI_PATH, PACK_FOLDER, Host, _free_port, _python
+from .conftest import COMFYUI_PATH, PACK_FOLDER, start_host
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -50,33 +47,9 @@ def web_host(host_base, tmp_path_factory):
     settings.parent.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps({"Comfy.TutorialCompleted": True,
                                     "Comfy.Minimap.Visible": False}))
-    port = _free_port()
-    log_path = host_base / "browser_server.log"
-    cmd = [_python(), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--disable-auto-launch", "--base-directory", str(host_base),
-           "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_FOLDER,
-           "--database-url", "sqlite:///:memory:"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=COMFYUI_PATH, stdout=log, stderr=subprocess.STDOUT)
-    h = Host(host_base, port, proc, log_path)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"ComfyUI exited early:\n{h.log()[-4000:]}")
-        try:
-            h.get("/object_info/MuseTalkFaceCrop", timeout=2)
-            break
-        except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
-            time.sleep(0.5)
-    else:
-        proc.terminate()
-        pytest.fail(f"ComfyUI did not answer in 120 s:\n{h.log()[-4000:]}")
-    yield h
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with start_host(host_base, ["--whitelist-custom-nodes", PACK_FOLDER],
+                    "browser_server.log", ready_node="MuseTalkFaceCrop") as h:
+        yield h
 
 
 @pytest.fixture(scope="module")
