@@ -213,7 +213,7 @@ def stream_video(
         step = max(1, round(1 / (fps * tb)))
         try:
             writer = VideoWriter(output, fps, reader.width, reader.height, audio=audio,
-                                 crf=crf, time_base=tb)
+                                 crf=crf, time_base=tb, bframes=not reader.variable_rate)
         except OSError as err:
             raise _write_error(err, output) from err
         state = {"done": 0, "last_pts": None}

@@ -93,6 +93,8 @@ class VideoReader:
             actual count can differ for damaged files; count what :meth:`chunks` yields).
         duration: seconds the container announces, or ``None``.
         has_audio: whether the file has an audio stream.
+        variable_rate: the container's base rate differs from its average rate (timestamps
+            are not evenly spaced).
         rotation: counter-clockwise degrees of the display matrix (0, 90, 180 or 270), applied.
     """
 
@@ -149,6 +151,9 @@ class VideoReader:
                     fix="re-mux it with a rate (e.g. ffmpeg -r 25)")
             log.warning("%s has no frame rate; using %s fps from its timestamps", self.path, fps)
         self.fps: Fraction = fps
+        base = _fraction(stream.base_rate)
+        average = _fraction(stream.average_rate)
+        self.variable_rate: bool = bool(base and average and base != average)
         w, h = probe["size"]
         if self.rotation in (90, 270):
             w, h = h, w
@@ -495,6 +500,10 @@ class VideoWriter:
             the video advances and stops at the video's end (the end of the last frame).
         crf: libx264 quality (0..51, lower is better; 18 is visually lossless).
         time_base: the unit of the ``pts`` given to :meth:`write` (default ``1/fps``).
+        bframes: let libx264 use B-frames. Pass ``False`` for unevenly spaced timestamps: with
+            frame reordering the MP4 track duration loses the reorder delay measured at the
+            clip's end rather than its start (120 ms short for a 25 -> 10 fps clip here), and
+            players may cut the last frames.
 
     On an exception inside ``with`` (KeyboardInterrupt and the host's interrupt included),
     or on :meth:`abort`, the temp file is deleted and ``path`` is left untouched.
@@ -510,6 +519,7 @@ class VideoWriter:
         audio: dict | None = None,
         crf: int = 18,
         time_base: Fraction | None = None,
+        bframes: bool = True,
     ) -> None:
         import av
 
@@ -532,6 +542,7 @@ class VideoWriter:
         self._last_pts: int | None = None
         self._end_pts = 0
         self._closed = False
+        self._bframes = bool(bframes)
 
         folder = os.path.dirname(os.path.abspath(self.path))
         fd, self.temp_path = tempfile.mkstemp(prefix=".musetalk-", suffix=".part.mp4", dir=folder)
@@ -550,7 +561,7 @@ class VideoWriter:
         stream.width, stream.height = self.enc_width, self.enc_height
         stream.pix_fmt = "yuv420p"
         stream.codec_context.time_base = self.time_base
-        stream.options = {"crf": str(crf)}
+        stream.options = {"crf": str(crf)} if self._bframes else {"crf": str(crf), "bf": "0"}
         self._vstream = stream
         self._astream = None
         self._wave: np.ndarray | None = None

@@ -249,3 +249,74 @@ def test_face_settings_reach_the_streaming_processor(pack, setup, monkeypatch, t
     s = seen["settings"]
     assert (s.face_index, s.on_missing_face, s.smooth_boxes, s.chunk_size) == \
         (1, "hold_last", 0.5, 5)
+
+
+@pytest.fixture(scope="module")
+def real_format(tmp_path_factory):
+    """Tiny random checkpoints in their real formats, loaded by the loaders users run."""
+    from musetalk_core.models.unet import load_unet
+    from musetalk_core.models.vae import load_vae
+    from musetalk_core.models.whisper import load_whisper
+    from tests.tiny_models import write_tiny_models
+
+    root = write_tiny_models(tmp_path_factory.mktemp("real_format"))
+    return {"model": load_unet(str(root / "musetalk" / "musetalkV15" / "unet.pth"),
+                               version="v1.5"),
+            "vae": load_vae(str(root / "vae" / "sd-vae-ft-mse")),
+            "whisper": load_whisper(str(root / "musetalk" / "whisper"))}
+
+
+def _rate_source(media: Path, folder: Path, kind: str, n: int = 20):
+    """``n`` frames of a real clip at SIDE x SIDE as 25 fps, 29.97 fps or variable rate
+    (10 frames at 25 fps, then 10 at 10 fps), with the frames' landmarks as POSE_KEYPOINT."""
+    from musetalk_core.video_io import VideoWriter
+
+    name = "talk_29_97fps_512x512" if kind == "29.97" else "talk_25fps_512x512"
+    with open_video(media / f"{name}.mp4") as r:
+        frames, _ = next(r.chunks(n))
+    small = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2).float(), size=(SIDE, SIDE),
+                                            mode="area").round().clamp(0, 255).to(torch.uint8)
+    lm = np.load(media / f"{name}.landmarks.npz")["landmarks"][:n, 0] * (SIDE / 512)
+    path = folder / f"src_{kind}.mp4"
+    fps = Fraction(30000, 1001) if kind == "29.97" else Fraction(25)
+    tb, pts = None, None
+    if kind == "vfr":
+        tb = Fraction(1, 1000)
+        pts = [i * 40 for i in range(10)] + [400 + i * 100 for i in range(1, n - 9)]
+    with VideoWriter(path, fps, SIDE, SIDE, crf=0, time_base=tb) as w:
+        w.write(small.permute(0, 2, 3, 1).contiguous(), pts)
+    return path, pose_keypoints(lm.astype(np.float32), SIDE)
+
+
+@pytest.mark.parametrize("kind", ["25", "29.97", "vfr"])
+def test_frame_count_duration_and_audio_per_frame_rate(pack, media, real_format, setup,
+                                                       monkeypatch, tmp_path, kind):
+    src, pose = _rate_source(media, tmp_path, kind)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    monkeypatch.setattr(pack.nodes.video_nodes._host, "temp_directory", lambda: str(out_dir))
+    with open_video(src) as r:
+        fps, tb = r.fps, r.time_base
+        src_times = [p * tb for _, ps in r.chunks(64) for p in ps]
+    # VFR: exactly the source's 20 frames; fixed rates: the 20 frames walked to 1.3 s
+    seconds = float(20 / fps) + 0.01 if kind == "vfr" else 1.3
+    speech = _speech(setup, seconds)
+    n_samples = speech["waveform"].shape[-1]
+    expected = n_samples * fps.numerator // (16000 * fps.denominator)
+    video = _node(pack).call(video=FileOnlyVideo(src), audio=speech, pose_keypoints=pose,
+                             frames_per_chunk=8, batch_size=4, **real_format).values[0]
+    with open_video(video.get_stream_source()) as r:
+        # a VFR file's average rate is frames / duration, and the last frame's duration is not
+        # in the source's timestamps: the timestamps are what must be kept
+        assert r.frame_count == expected and (kind == "vfr" or r.fps == fps)
+        times = [p * r.time_base for _, ps in r.chunks(64) for p in ps]
+        audio = r.audio()
+    assert len(times) == expected
+    if kind == "vfr":
+        assert expected == 20 and times == src_times  # every source timestamp kept
+        end = float(src_times[-1]) + float(1 / fps)
+    else:
+        assert times == [i / fps for i in range(expected)]
+        end = float(expected / fps)
+    assert abs(video.get_duration() - end) <= float(1 / fps)
+    assert abs(audio["waveform"].shape[-1] / audio["sample_rate"] - end) <= float(1 / fps)

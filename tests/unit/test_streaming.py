@@ -125,6 +125,8 @@ def test_variable_frame_rate_keeps_every_timestamp(tmp_path):
         out_times = [p * r.time_base for _, ps in r.chunks(50) for p in ps]
     assert len(out_times) == 20
     assert out_times == src_times[:20]
+    # the track lasts past the last frame's timestamp (with B-frames it ended 120 ms early)
+    assert probe(out)["video_s"] > float(out_times[-1])
 
 
 def test_chunk_size_does_not_change_frames(tmp_path):
