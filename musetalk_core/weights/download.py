@@ -46,37 +46,59 @@ class _CutError(Exception):
 
 
 class _Lock:
-    """An exclusive cross-process lock on ``path`` (fcntl on POSIX, msvcrt on Windows)."""
+    """An exclusive cross-process lock on ``path`` (fcntl on POSIX, msvcrt on Windows).
+
+    The lock file is removed on release, so a finished or failed download leaves nothing behind.
+    A waiter that wakes up holding the lock of a file already removed (its inode is no longer at
+    ``path``) opens ``path`` again, so two processes never both hold "the" lock.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd: int | None = None
 
     def __enter__(self) -> _Lock:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            import fcntl
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                import fcntl
+            except ImportError:  # pragma: no cover - Windows: files in use cannot be removed
+                self.fd = fd
+                self._lock_windows()
+                return self
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                return self
+            os.close(fd)  # the holder before us removed it: lock the new file instead
 
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except ImportError:  # pragma: no cover - Windows
-            import msvcrt
+    def _lock_windows(self) -> None:  # pragma: no cover - Windows
+        import msvcrt
 
-            while True:
-                try:
-                    msvcrt.locking(self.fd, msvcrt.LK_LOCK, 1)
-                    break
-                except OSError:
-                    time.sleep(0.5)
-        return self
+        while True:
+            try:
+                msvcrt.locking(self.fd, msvcrt.LK_LOCK, 1)
+                return
+            except OSError:
+                time.sleep(0.5)
 
     def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
-            with contextlib.suppress(ImportError):
-                import fcntl
-
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
+        if self.fd is None:
+            return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
             os.close(self.fd)
-            self.fd = None
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)  # still holding the lock: waiters notice (see above)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+        self.fd = None
 
 
 def _writable_dir(root: str, subdir: str) -> str | None:

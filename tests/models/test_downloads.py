@@ -150,7 +150,7 @@ def test_checksum_mismatch_deletes_everything(source, tmp_path):
         dl.download(_wf(source), [str(tmp_path)])
     assert "sha256 of the downloaded weights.bin" in str(err.value)
     assert "deleted" in str(err.value)
-    assert os.listdir(tmp_path / "sub") == ["weights.bin.lock"]
+    assert os.listdir(tmp_path / "sub") == []
 
 
 def test_html_page_is_refused(source, tmp_path):
@@ -165,7 +165,7 @@ def test_endless_stream_stops_at_the_cap(source, tmp_path):
     source.endless = True
     with pytest.raises(DownloadError, match="received more than the expected"):
         dl.download(_wf(source, size=None, sha=None, max_bytes=300_000), [str(tmp_path)])
-    assert os.listdir(tmp_path / "sub") == ["weights.bin.lock"]
+    assert os.listdir(tmp_path / "sub") == []
 
 
 @pytest.mark.parametrize("status, text", [(404, "returned 404"), (401, "needs a login"),
@@ -207,6 +207,7 @@ def test_offline_fails_fast_naming_file_folder_and_source(tmp_path):
     msg = str(err.value)
     assert "cannot download whisper/tiny.pt: no network" in msg
     assert "tiny.pt" in msg and str(tmp_path / "whisper") in msg and wf.url in msg
+    assert list((tmp_path / "whisper").iterdir()) == []  # no lock file or part left behind
 
 
 def test_hf_offline_env_refuses_hub_files(tmp_path, monkeypatch):
@@ -286,6 +287,7 @@ def test_concurrent_downloads_share_one_transfer(source, tmp_path):
     assert not errors and len(set(results)) == 1
     assert len(source.ranges) == 1  # the waiters found the finished file
     assert Path(results[0]).read_bytes() == PAYLOAD
+    assert [p.name for p in Path(results[0]).parent.iterdir()] == ["weights.bin"]  # no .lock
 
 
 def test_registry_is_consistent():
