@@ -75,7 +75,8 @@ def run_lipsync(images: Any, audio: Any, model: Any, vae: Any, whisper: Any, rt:
                 video: Any = None, detector: Any = None, pose_keypoints: Any = None,
                 parser: Any = None, fps: Any = 25.0, bbox_shift: int = 0,
                 extra_margin: int = 10, length_policy: str = timeline.DEFAULT_POLICY,
-                parsing_mode: str = "auto", batch_size: int = 0) -> tuple:
+                parsing_mode: str = "auto", batch_size: int = 0, face_index: int = -1,
+                on_missing_face: str = "passthrough", smooth_boxes: float = 0.0) -> tuple:
     """The node's work: ``(frames, audio, mask, fps)``."""
     from ..musetalk_core.audio import extract_features
     from ..musetalk_core.faces import crop_faces
@@ -98,7 +99,10 @@ def run_lipsync(images: Any, audio: Any, model: Any, vae: Any, whisper: Any, rt:
     version = str(getattr(model, "version", "v1.5"))
     faces = crop_faces(frames, rt, detector=detector, pose_keypoints=pose_keypoints,
                        version=version, bbox_shift=int(bbox_shift or 0),
-                       extra_margin=int(10 if extra_margin is None else extra_margin))
+                       extra_margin=int(10 if extra_margin is None else extra_margin),
+                       face_index=int(-1 if face_index is None else face_index),
+                       on_missing_face=on_missing_face or "passthrough",
+                       smooth=float(smooth_boxes or 0.0))
     gen = run_inpaint(faces, feats, model, vae, None, length_policy, int(batch_size or 0), rt)
     out, mask = blend.blend_faces(frames, gen, runtime=rt, parser=parser,
                                   mode=parsing_mode or "auto")
@@ -114,13 +118,15 @@ def _run(audio: Any, model: Any, vae: Any, whisper: Any, images: Any = None, vid
          detector: Any = None, pose_keypoints: Any = None, parser: Any = None,
          fps: float = 25.0, bbox_shift: int = 0, extra_margin: int = 10,
          length_policy: str = timeline.DEFAULT_POLICY, parsing_mode: str = "auto",
-         batch_size: int = 0) -> Result:
+         batch_size: int = 0, face_index: int = -1, on_missing_face: str = "passthrough",
+         smooth_boxes: float = 0.0) -> Result:
     return Result(run_lipsync(
         images, audio, model, vae, whisper, _host.runtime(), video=video, detector=detector,
         pose_keypoints=pose_keypoints, parser=parser, fps=25.0 if fps is None else fps,
         bbox_shift=int(bbox_shift or 0), extra_margin=10 if extra_margin is None else extra_margin,
         length_policy=length_policy or timeline.DEFAULT_POLICY,
-        parsing_mode=parsing_mode or "auto", batch_size=int(batch_size or 0)))
+        parsing_mode=parsing_mode or "auto", batch_size=int(batch_size or 0),
+        face_index=face_index, on_missing_face=on_missing_face, smooth_boxes=smooth_boxes))
 
 
 LIPSYNC = NodeDef(
@@ -160,6 +166,15 @@ LIPSYNC = NodeDef(
            "neck, or ellipse (no parser needed).", default="auto", options=PARSING_MODES),
         In("batch_size", INT, "Frames per model batch; 0 picks one from free memory.",
            default=0, min=0, max=256, step=1),
+        In("face_index", INT, "-1: automatic (the largest plausible, steadiest face). 0, 1, "
+           "...: the face counted left to right in the first frame with faces.", default=-1,
+           min=-1, max=64, step=1),
+        In("on_missing_face", COMBO, "Frames without the face: passthrough (left untouched), "
+           "hold_last (the last face box) or error.", default="passthrough",
+           options=("passthrough", "hold_last", "error")),
+        In("smooth_boxes", FLOAT, "Temporal smoothing of the crop boxes (0 = off, matches the "
+           "reference; 1 = strongest). Reduces jitter from noisy landmarks.", default=0.0,
+           min=0.0, max=1.0, step=0.05),
     ),
     outputs=(
         Out(IMAGE, "frames", "The lip-synced frames, as many as the audio lasts at the fps."),

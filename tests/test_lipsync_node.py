@@ -68,9 +68,9 @@ def clip(media):
     return types.SimpleNamespace(frames=small.contiguous(), pose=pose, audio=audio)
 
 
-def _chain(pack, clip, models, policy="pingpong"):
+def _chain(pack, clip, models, policy="pingpong", **face):
     faces = _node(pack, "face_nodes", "MuseTalkFaceCrop").call(
-        frames=clip.frames, pose_keypoints=clip.pose, version="v1.5").values[0]
+        frames=clip.frames, pose_keypoints=clip.pose, version="v1.5", **face).values[0]
     feats = _node(pack, "audio_nodes", "MuseTalkAudioFeatures").call(
         audio=clip.audio, whisper=models.whisper, fps=25.0).values[0]
     gen, preview = _node(pack, "inpaint_nodes", "MuseTalkInpaint").call(
@@ -111,6 +111,19 @@ def test_one_node_equals_the_modular_chain(pack, clip, models, one_node):
     for row in (src == FACELESS).nonzero().flatten().tolist():
         assert torch.equal(out[row], clip.frames[FACELESS]) and not mask[row].any()
     assert not faces.has_face[FACELESS]
+
+
+def test_face_settings_equal_the_face_crop_node(pack, clip, models, one_node):
+    """face_index, on_missing_face and smooth_boxes do in the one node what they do in Face Crop."""
+    face = {"face_index": 0, "on_missing_face": "hold_last", "smooth_boxes": 0.5}
+    _, gen, _, images, mask = _chain(pack, clip, models, **face)
+    out, _, out_mask, _ = _one(pack, clip, models, images=clip.frames, **face)
+    assert torch.equal(out, images) and torch.equal(out_mask, mask)
+    # hold_last gives the faceless frame the previous box, so it is lip-synced now
+    assert bool(gen.has_face.all())
+    rows = (timeline.source_index(N_SRC, 12, "pingpong") == FACELESS).nonzero().flatten()
+    assert all(mask[r].any() for r in rows.tolist())
+    assert not torch.equal(out, one_node[0])  # the settings reached the crop
 
 
 def test_video_input_gives_the_same_frames(pack, clip, models, one_node):
