@@ -195,6 +195,48 @@ def reference_style(models, frames, pose, feats, n: int, batch: int, device) -> 
     return {"new": t_new / n, "cached": t_cached / n}
 
 
+def model_gflop(quick: bool) -> dict[str, float]:
+    """GFLOP per frame (2 per multiply-add, convolutions and matmuls) of the VAE encoder
+    (x2: masked and reference), the UNet and the VAE decoder, counted on meta tensors."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    out = {}
+    with torch.device("meta"):
+        vae = AutoencoderKL(**(TINY_VAE if quick else SD_VAE_FT_MSE))
+        unet = UNet2DConditionModel(**(TINY_UNET if quick else MUSETALK_JSON))
+        calls = {
+            "encode": lambda: vae.encoder(torch.empty(2, 3, 256, 256)),
+            "UNet": lambda: unet(torch.empty(1, 8, 32, 32), torch.zeros(1),
+                                 encoder_hidden_states=torch.empty(1, 50, 384)),
+            "decode": lambda: vae.decoder(torch.empty(1, 4, 32, 32)),
+        }
+        for stage, call in calls.items():
+            with FlopCounterMode(display=False) as counter:
+                call()
+            out[stage] = counter.get_total_flops() / 1e9
+    return out
+
+
+def compute_floor(results: dict, batch: int, quick: bool, target_new: float,
+                  target_cached: float) -> None:
+    """Print the FLOPs, the throughput reached and the floor they imply on this device."""
+    gflop = model_gflop(quick)
+    keys = {"encode": "encode", "UNet": "unet", "decode": "decode"}
+    rates = {st: gflop[st] / results[(keys[st], batch)] for st in gflop
+             if results.get((keys[st], batch))}
+    if len(rates) < 3:
+        return
+    best = max(rates.values())
+    print("model maths per frame: " + ", ".join(
+        f"{st} {gflop[st]:.1f} GFLOP at {rates[st]:.0f} GFLOP/s" for st in gflop))
+    new = sum(gflop.values()) / best
+    cached = (gflop["UNet"] + gflop["decode"]) / best
+    print(f"floor at the best throughput reached here ({best:.0f} GFLOP/s), model maths only: "
+          f"{new:.2f} s/frame new clip (3x target {target_new:.2f}), {cached:.2f} s/frame "
+          f"cached (3x target {target_cached:.2f})")
+
+
 def run(args: argparse.Namespace) -> dict:
     from musetalk_core import blend, crop, inpaint, pipeline
     from musetalk_core.audio import extract_features
@@ -250,6 +292,7 @@ def run(args: argparse.Namespace) -> dict:
         masked, full = inpaint.crops_to_pixels(faces.crops[:k], device, dtype)
         lat, t = timed(lambda m=masked, f=full: models.vae.encode(torch.cat([m, f])), device)
         row("encode (masked+ref)", b, k, t)
+        results[("encode", b)] = t / k
         aud = torch.randn(k, 50, 384, device=device, dtype=dtype)
         sample = torch.cat([lat[:k], lat[k:]], 1).to(dtype)
         out, t = timed(lambda s=sample, a=aud: models.unet(s, a), device)
@@ -302,6 +345,8 @@ def run(args: argparse.Namespace) -> dict:
                                                  if isinstance(k, tuple) and k[0] == key))
         print(f"speed-up on this machine, {case}: REF-style {base:.2f} s/frame -> ours "
               f"{ours:.2f} s/frame = {base / ours:.1f}x (target 3x)")
+    floor_batch = ref_batch if ("decode", ref_batch) in results else batches[0]
+    compute_floor(results, floor_batch, args.quick, baseline["new"] / 3, baseline["cached"] / 3)
     return results
 
 
