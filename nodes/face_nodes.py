@@ -35,6 +35,18 @@ from ._spec import (
     Result,
 )
 
+FACE_SELECTION = (
+    In("face_index", INT, "-1: automatic (the largest plausible, steadiest face). 0, 1, "
+       "...: the face counted left to right in the first frame with faces.", default=-1,
+       min=-1, max=64, step=1),
+    In("on_missing_face", COMBO, "Frames without a face: passthrough (left untouched and "
+       "reported), hold_last (use the last face box) or error.", default="passthrough",
+       options=("passthrough", "hold_last", "error")),
+    In("smooth_boxes", FLOAT, "Temporal smoothing of the crop boxes (0 = off, matches the "
+       "reference; 1 = strongest). Reduces jitter from noisy landmarks.", default=0.0,
+       min=0.0, max=1.0, step=0.05),
+)
+"""Which face, frames without it, box smoothing: Face Crop's inputs, shared by MuseTalk Lip Sync."""
 
 def _or(value: Any, default: Any) -> Any:
     """An input's value, or its default where a caller left it out (None)."""
@@ -133,15 +145,7 @@ FACE_CROP = NodeDef(
         In("bbox_shift", INT, _SHIFT_TIP, default=0, min=-200, max=200, step=1),
         In("extra_margin", INT, "v1.5 only: pixels added below the chin (REF default 10, "
            "clamped to the frame). Ignored for v1.", default=10, min=0, max=256, step=1),
-        In("face_index", INT, "-1: automatic (the largest plausible, steadiest face). 0, 1, "
-           "...: the face counted left to right in the first frame with faces.", default=-1,
-           min=-1, max=64, step=1),
-        In("on_missing_face", COMBO, "Frames without a face: passthrough (left untouched and "
-           "reported), hold_last (use the last face box) or error.", default="passthrough",
-           options=("passthrough", "hold_last", "error")),
-        In("smooth_boxes", FLOAT, "Temporal smoothing of the crop boxes (0 = off, matches the "
-           "reference; 1 = strongest). Reduces jitter from noisy landmarks.", default=0.0,
-           min=0.0, max=1.0, step=0.05),
+        *FACE_SELECTION,
     ),
     outputs=(
         Out(MUSETALK_FACES, "faces", "Boxes, landmarks, 256x256 crops and has-face flags for "

@@ -36,6 +36,7 @@ from ._spec import (
     Out,
     Result,
 )
+from .face_nodes import FACE_SELECTION
 from .inpaint_nodes import run_inpaint
 
 log = logging.getLogger(__name__)
@@ -166,15 +167,7 @@ LIPSYNC = NodeDef(
            "neck, or ellipse (no parser needed).", default="auto", options=PARSING_MODES),
         In("batch_size", INT, "Frames per model batch; 0 picks one from free memory.",
            default=0, min=0, max=256, step=1),
-        In("face_index", INT, "-1: automatic (the largest plausible, steadiest face). 0, 1, "
-           "...: the face counted left to right in the first frame with faces.", default=-1,
-           min=-1, max=64, step=1),
-        In("on_missing_face", COMBO, "Frames without the face: passthrough (left untouched), "
-           "hold_last (the last face box) or error.", default="passthrough",
-           options=("passthrough", "hold_last", "error")),
-        In("smooth_boxes", FLOAT, "Temporal smoothing of the crop boxes (0 = off, matches the "
-           "reference; 1 = strongest). Reduces jitter from noisy landmarks.", default=0.0,
-           min=0.0, max=1.0, step=0.05),
+        *FACE_SELECTION,
     ),
     outputs=(
         Out(IMAGE, "frames", "The lip-synced frames, as many as the audio lasts at the fps."),
