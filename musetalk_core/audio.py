@@ -318,3 +318,74 @@ def windows(
     local = torch.where(valid, idx - lo, hi - lo).to(device)
     out = span[local.reshape(-1)].reshape(n, WINDOW_STEPS * n_states, width)
     return out
+
+
+# --------------------------------------------------------------------------- silence gate
+
+SILENCE_FLOOR_DB = -100.0
+"""Level reported for digital silence (and anything quieter)."""
+
+
+def frame_levels_db(audio: MuseTalkAudio, frame_indices: torch.Tensor) -> torch.Tensor:
+    """RMS level in dBFS of the speech under each video frame.
+
+    Frame ``i`` covers samples ``floor(i * sr / fps) .. floor((i + 1) * sr / fps)`` of the
+    original mono waveform (exact integer arithmetic, as :func:`frame_count`). A full-scale sine
+    is -3.01 dBFS; silence is :data:`SILENCE_FLOOR_DB`.
+
+    Args:
+        audio: features with their ``waveform`` (mono float32 ``[n]`` at ``sample_rate``).
+        frame_indices: int64 ``[k]`` output (audio) frames, usually ascending.
+
+    Returns:
+        float32 ``[k]`` on the CPU.
+    """
+    if audio.waveform is None:
+        raise AudioError("these audio features carry no waveform, so the silence gate cannot "
+                         "measure them", input_name="audio",
+                         fix="make them with MuseTalk Audio Features, or set the gate to 0")
+    wave = audio.waveform.detach().to("cpu", torch.float64).flatten()
+    fps = Fraction(audio.fps)
+    sr = int(audio.sample_rate)
+    f = frame_indices.to("cpu", torch.int64).flatten()
+    start = (f * sr * fps.denominator) // fps.numerator
+    stop = ((f + 1) * sr * fps.denominator) // fps.numerator
+    start, stop = start.clamp(0, wave.numel()), stop.clamp(0, wave.numel())
+    out = torch.full((f.numel(),), SILENCE_FLOOR_DB, dtype=torch.float32)
+    step = 2048  # frames per block: a block's cumulative sum spans only its own samples
+    for b in range(0, f.numel(), step):
+        s, e = start[b:b + step], stop[b:b + step]
+        lo, hi = int(s.min()), int(e.max())
+        if hi <= lo:
+            continue
+        sums = torch.zeros(hi - lo + 1, dtype=torch.float64)
+        sums[1:] = torch.cumsum(wave[lo:hi] ** 2, 0)
+        count = (e - s).clamp(min=1).double()
+        mean_sq = (sums[e - lo] - sums[s - lo]).clamp(min=0) / count
+        level = 10 * torch.log10(mean_sq.clamp(min=10 ** (SILENCE_FLOOR_DB / 10)))
+        out[b:b + step] = torch.where(e > s, level, SILENCE_FLOOR_DB).float()
+    return out
+
+
+def silent_frames(audio: MuseTalkAudio, frame_indices: torch.Tensor,
+                  threshold_db: float) -> torch.Tensor:
+    """bool ``[k]``: frames whose speech is quieter than ``threshold_db`` dBFS.
+
+    ``threshold_db >= 0`` switches the gate off (all False), the reference's behaviour.
+    """
+    if threshold_db is None or float(threshold_db) >= 0:
+        return torch.zeros(int(frame_indices.numel()), dtype=torch.bool)
+    return frame_levels_db(audio, frame_indices) < float(threshold_db)
+
+
+def frame_ranges(numbers: torch.Tensor | list[int]) -> str:
+    """``"3-7, 12"`` for ascending frame numbers (a list or an int64 tensor)."""
+    idx = numbers.tolist() if isinstance(numbers, torch.Tensor) else list(numbers)
+    parts, i = [], 0
+    while i < len(idx):
+        j = i
+        while j + 1 < len(idx) and idx[j + 1] == idx[j] + 1:
+            j += 1
+        parts.append(str(idx[i]) if i == j else f"{idx[i]}-{idx[j]}")
+        i = j + 1
+    return ", ".join(parts)

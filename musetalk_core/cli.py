@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames per model batch; 0 picks one from free memory")
     p.add_argument("--chunk-size", type=int, default=64,
                    help="source frames read and written per chunk (memory vs. speed)")
+    p.add_argument("--silence-gate-db", type=float, default=0.0,
+                   help="0 = off (every frame lip-synced, as the reference); a level in dBFS "
+                        "such as -45: frames whose speech is quieter keep the source mouth")
     p.add_argument("--fps", type=float, default=25.0,
                    help="frame rate of the output for --image (ignored for --video)")
     p.add_argument("--bbox-shift", type=int, default=0,
@@ -231,6 +234,7 @@ def run(args: argparse.Namespace, stderr: Any = None) -> dict[str, Any]:
             parsing_mode=None if args.parsing_mode == "auto" else args.parsing_mode,
             batch_size=args.batch_size,
             chunk_size=args.chunk_size,
+            silence_gate_db=min(0.0, args.silence_gate_db),
         )
         return pipeline.lipsync_file(
             models, settings, runtime,

@@ -211,6 +211,7 @@ def inpaint(
     frame_indices: torch.Tensor | None = None,
     references: MuseTalkReferences | None = None,
     batch_size: int = 0,
+    silence_gate_db: float = 0.0,
 ) -> MuseTalkFaces:
     """Generate the lip-synced face crop of every output frame.
 
@@ -226,13 +227,16 @@ def inpaint(
             the streaming pipeline passes its chunk's range).
         references: optional reference choice per source row (default: the frame itself).
         batch_size: frames per UNet + decode batch (0: from free memory; halves on OOM).
+        silence_gate_db: 0 (off, as REF) or a level in dBFS: output frames whose speech is
+            quieter keep the source mouth (no face generated: ``has_face`` False, so the blend
+            leaves them untouched). Their count and frame numbers go to ``info`` and the log.
 
     Returns:
         ``MuseTalkFaces`` with ``M`` rows, ``generated`` True, ``source_index`` mapping rows to
         source frames, geometry gathered per row and generated uint8 crops (source crops where
         the frame has no face).
     """
-    from .audio import windows
+    from .audio import frame_ranges, silent_frames, windows
 
     check_inputs(faces, unet, references)
     si = source_index.to(torch.int64).cpu()
@@ -247,6 +251,11 @@ def inpaint(
     ref_of = torch.where(faces.has_face[ref_of], ref_of, torch.arange(len(faces)))
 
     has = faces.has_face[si]
+    quiet = silent_frames(audio, fi, silence_gate_db) & has
+    if bool(quiet.any()):
+        log.info("silence gate (%.0f dBFS): %d frames keep the source mouth: %s",
+                 float(silence_gate_db), int(quiet.sum()), frame_ranges(fi[quiet]))
+        has = has & ~quiet
     rows = torch.nonzero(has).flatten()
     crops = faces.crops[si].to(runtime.intermediate_device).clone()
 
@@ -277,7 +286,7 @@ def inpaint(
 
     info = dict(faces.info)
     info.update({"generated_frames": int(rows.numel()), "passthrough_frames": m - int(rows.numel()),
-                 "encoded_frames": encoded})
+                 "encoded_frames": encoded, "silent_frames": fi[quiet].tolist()})
     return replace(
         faces,
         boxes=faces.boxes[si],

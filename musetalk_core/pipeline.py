@@ -81,6 +81,7 @@ class LipSyncSettings:
         face_index: -1 automatic, else the face counted left to right (tracked across chunks).
         on_missing_face: ``passthrough``, ``hold_last`` (across chunks too) or ``error``.
         smooth_boxes: causal box smoothing 0..1 (0 = REF; continues across chunks).
+        silence_gate_db: 0 (off, REF) or a dBFS level: quieter frames keep the source mouth.
     """
 
     bbox_shift: int = 0
@@ -96,6 +97,7 @@ class LipSyncSettings:
     face_index: int = -1
     on_missing_face: str = "passthrough"
     smooth_boxes: float = 0.0
+    silence_gate_db: float = 0.0
 
 
 # --------------------------------------------------------------------------- memory
@@ -207,6 +209,7 @@ class ProcessorStats:
     frames: int = 0
     faces: int = 0
     encoded: int = 0
+    silent: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -422,7 +425,8 @@ class LipSyncProcessor:
         t0 = time.perf_counter()
         gen = inpaint.inpaint(faces, self.audio, self.models.unet, self.models.vae, rt,
                               source_index=local, frame_indices=out_index,
-                              batch_size=self.settings.batch_size)
+                              batch_size=self.settings.batch_size,
+                              silence_gate_db=self.settings.silence_gate_db)
         self._tick("inpaint", t0)
         self._keep_latents(faces, unique)
         first = [int(source_index.tolist().index(s)) for s in unique]
@@ -440,6 +444,7 @@ class LipSyncProcessor:
         self.stats.frames += int(frames.shape[0])
         self.stats.faces += int(gen.has_face.sum())
         self.stats.encoded += int(gen.info.get("encoded_frames", 0))
+        self.stats.silent += len(gen.info.get("silent_frames", ()))
         return images, mask
 
     def __call__(self, chunk: Any) -> torch.Tensor:

@@ -401,6 +401,6 @@ def lipsync_video(
             os.unlink(report.path)
         raise
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in proc.stats.seconds.items())
-    log.info("lip sync video: %d faces, %d crops encoded (%s)", proc.stats.faces,
-             proc.stats.encoded, stages)
+    log.info("lip sync video: %d faces, %d crops encoded, %d silent frames kept as filmed (%s)",
+             proc.stats.faces, proc.stats.encoded, proc.stats.silent, stages)
     return report

@@ -16,6 +16,7 @@ from ..musetalk_core.types import LatentVAE, MuseTalkAudio, MuseTalkFaces
 from . import _host
 from ._spec import (
     COMBO,
+    FLOAT,
     IMAGE,
     INT,
     MUSETALK_AUDIO,
@@ -81,8 +82,16 @@ def crops_preview(faces: MuseTalkFaces) -> torch.Tensor:
     return faces.crops[::step].float() / 255.0
 
 
+SILENCE_GATE = In(
+    "silence_gate_db", FLOAT, "0 = off: every frame is lip-synced, as the reference. A level "
+    "in dBFS such as -45: frames whose speech is quieter keep the source mouth (pauses stay "
+    "closed-mouthed as filmed); the log lists them.", default=0.0, min=-96.0, max=0.0, step=1.0)
+"""The silence gate's input, shared by MuseTalk Inpaint and both Lip Sync nodes."""
+
+
 def run_inpaint(faces: MuseTalkFaces, audio: MuseTalkAudio, model: Any, vae: Any,
-                references: Any, length_policy: str, batch_size: int, rt: Any) -> MuseTalkFaces:
+                references: Any, length_policy: str, batch_size: int, rt: Any,
+                silence_gate_db: float = 0.0) -> MuseTalkFaces:
     """The node's work, shared with MuseTalk Lip Sync: timeline, then :func:`inpaint.inpaint`."""
     check_types(faces, audio)
     if model is None:
@@ -93,7 +102,8 @@ def run_inpaint(faces: MuseTalkFaces, audio: MuseTalkAudio, model: Any, vae: Any
     log.info("MuseTalk Inpaint: %s", timeline.describe(n_src, audio.frame_count, length_policy))
     t0 = time.perf_counter()
     out = inpaint.inpaint(faces, audio, model, latent_vae(vae), rt, source_index=idx,
-                          references=references, batch_size=int(batch_size or 0))
+                          references=references, batch_size=int(batch_size or 0),
+                          silence_gate_db=float(silence_gate_db or 0.0))
     dt = time.perf_counter() - t0
     log.info("MuseTalk Inpaint: %d frames (%d generated, %d encoded) in %.1f s (%.2f frames/s)",
              len(out), out.info["generated_frames"], out.info["encoded_frames"], dt,
@@ -102,10 +112,11 @@ def run_inpaint(faces: MuseTalkFaces, audio: MuseTalkAudio, model: Any, vae: Any
 
 
 def _run(model: Any, vae: Any, faces: Any, audio: Any, references: Any = None,
-         length_policy: str = timeline.DEFAULT_POLICY, batch_size: int = 0) -> Result:
+         length_policy: str = timeline.DEFAULT_POLICY, batch_size: int = 0,
+         silence_gate_db: float = 0.0) -> Result:
     out = run_inpaint(faces, audio, model, vae, references,
                       length_policy or timeline.DEFAULT_POLICY, int(batch_size or 0),
-                      _host.runtime())
+                      _host.runtime(), silence_gate_db=float(silence_gate_db or 0.0))
     return Result((out, crops_preview(out)))
 
 
@@ -133,6 +144,7 @@ INPAINT = NodeDef(
            default=timeline.DEFAULT_POLICY, options=timeline.POLICIES),
         In("batch_size", INT, "Frames per UNet and VAE batch; 0 picks one from free memory. "
            "Halves automatically on out-of-memory.", default=0, min=0, max=256, step=1),
+        SILENCE_GATE,
     ),
     outputs=(
         Out(MUSETALK_FACES, "faces", "Generated face crops on the audio's timeline, for "

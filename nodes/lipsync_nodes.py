@@ -37,7 +37,7 @@ from ._spec import (
     Result,
 )
 from .face_nodes import FACE_SELECTION
-from .inpaint_nodes import run_inpaint
+from .inpaint_nodes import SILENCE_GATE, run_inpaint
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,8 @@ def run_lipsync(images: Any, audio: Any, model: Any, vae: Any, whisper: Any, rt:
                 parser: Any = None, fps: Any = 25.0, bbox_shift: int = 0,
                 extra_margin: int = 10, length_policy: str = timeline.DEFAULT_POLICY,
                 parsing_mode: str = "auto", batch_size: int = 0, face_index: int = -1,
-                on_missing_face: str = "passthrough", smooth_boxes: float = 0.0) -> tuple:
+                on_missing_face: str = "passthrough", smooth_boxes: float = 0.0,
+                silence_gate_db: float = 0.0) -> tuple:
     """The node's work: ``(frames, audio, mask, fps)``."""
     from ..musetalk_core.audio import extract_features
     from ..musetalk_core.faces import crop_faces
@@ -104,7 +105,8 @@ def run_lipsync(images: Any, audio: Any, model: Any, vae: Any, whisper: Any, rt:
                        face_index=int(-1 if face_index is None else face_index),
                        on_missing_face=on_missing_face or "passthrough",
                        smooth=float(smooth_boxes or 0.0))
-    gen = run_inpaint(faces, feats, model, vae, None, length_policy, int(batch_size or 0), rt)
+    gen = run_inpaint(faces, feats, model, vae, None, length_policy, int(batch_size or 0), rt,
+                      silence_gate_db=float(silence_gate_db or 0.0))
     out, mask = blend.blend_faces(frames, gen, runtime=rt, parser=parser,
                                   mode=parsing_mode or "auto")
     speech = trimmed_audio(audio, n_out, rate)
@@ -120,14 +122,15 @@ def _run(audio: Any, model: Any, vae: Any, whisper: Any, images: Any = None, vid
          fps: float = 25.0, bbox_shift: int = 0, extra_margin: int = 10,
          length_policy: str = timeline.DEFAULT_POLICY, parsing_mode: str = "auto",
          batch_size: int = 0, face_index: int = -1, on_missing_face: str = "passthrough",
-         smooth_boxes: float = 0.0) -> Result:
+         smooth_boxes: float = 0.0, silence_gate_db: float = 0.0) -> Result:
     return Result(run_lipsync(
         images, audio, model, vae, whisper, _host.runtime(), video=video, detector=detector,
         pose_keypoints=pose_keypoints, parser=parser, fps=25.0 if fps is None else fps,
         bbox_shift=int(bbox_shift or 0), extra_margin=10 if extra_margin is None else extra_margin,
         length_policy=length_policy or timeline.DEFAULT_POLICY,
         parsing_mode=parsing_mode or "auto", batch_size=int(batch_size or 0),
-        face_index=face_index, on_missing_face=on_missing_face, smooth_boxes=smooth_boxes))
+        face_index=face_index, on_missing_face=on_missing_face, smooth_boxes=smooth_boxes,
+        silence_gate_db=silence_gate_db))
 
 
 LIPSYNC = NodeDef(
@@ -168,6 +171,7 @@ LIPSYNC = NodeDef(
         In("batch_size", INT, "Frames per model batch; 0 picks one from free memory.",
            default=0, min=0, max=256, step=1),
         *FACE_SELECTION,
+        SILENCE_GATE,
     ),
     outputs=(
         Out(IMAGE, "frames", "The lip-synced frames, as many as the audio lasts at the fps."),

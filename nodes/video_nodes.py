@@ -39,6 +39,7 @@ from ._spec import (
     Out,
     Result,
 )
+from .inpaint_nodes import SILENCE_GATE
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def _run(video: Any, audio: Any, model: Any, vae: Any, whisper: Any, detector: A
          bbox_shift: int = 0, extra_margin: int = 10,
          length_policy: str = timeline.DEFAULT_POLICY, parsing_mode: str = "auto",
          batch_size: int = 0, face_index: int = -1, on_missing_face: str = "passthrough",
-         smooth_boxes: float = 0.0) -> Result:
+         smooth_boxes: float = 0.0, silence_gate_db: float = 0.0) -> Result:
     from ..musetalk_core.pipeline import LipSyncModels, LipSyncSettings
     from ..musetalk_core.streaming import lipsync_video
     from .inpaint_nodes import latent_vae
@@ -112,7 +113,8 @@ def _run(video: Any, audio: Any, model: Any, vae: Any, whisper: Any, detector: A
         batch_size=int(batch_size or 0), chunk_size=int(frames_per_chunk or 32),
         face_index=-1 if face_index is None else int(face_index),
         on_missing_face=on_missing_face or "passthrough",
-        smooth_boxes=float(smooth_boxes or 0.0))
+        smooth_boxes=float(smooth_boxes or 0.0),
+        silence_gate_db=float(silence_gate_db or 0.0))
     folder = output_folder()
     output = os.path.join(folder, f"musetalk_lipsync_{uuid.uuid4().hex[:12]}.mp4")
     with _source_path(video, folder) as source:
@@ -169,6 +171,7 @@ LIPSYNC_VIDEO = NodeDef(
         In("smooth_boxes", FLOAT, "Temporal smoothing of the crop boxes (0 = off, matches the "
            "reference; 1 = strongest). Causal, so the chunk size does not change the result.",
            default=0.0, min=0.0, max=1.0, step=0.05),
+        SILENCE_GATE,
     ),
     outputs=(Out(VIDEO, "video", "The lip-synced MP4 with the speech, file-backed (temp folder): "
                                  "Save Video keeps it without re-encoding."),),

@@ -126,3 +126,31 @@ def test_ctrl_c_exits_130_and_leaves_no_file(media, models_dir, tmp_path, monkey
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".mp4" or ".part" in p.name] == []
     assert os.listdir(tmp_path)  # the speech file is still there
+
+
+def test_silence_gate_keeps_a_silent_portrait_as_it_is(media, models_dir, tmp_path):
+    import av
+    import numpy as np
+
+    silent = tmp_path / "silent.wav"
+    with wave.open(str(silent), "wb") as dst:
+        dst.setnchannels(1)
+        dst.setsampwidth(2)
+        dst.setframerate(16000)
+        dst.writeframes(b"\0\0" * 6400)  # 0.4 s: 10 frames
+    still = media / "portrait_video_frame_512x512.jpg"
+    marks = str(media / "portrait_video_frame_512x512.landmarks.npz")
+    with av.open(str(still)) as c:
+        image = next(c.decode(video=0)).to_ndarray(format="rgb24").astype(np.float32)
+    error = {}
+    for gate in ("0", "-60"):
+        out = tmp_path / f"gate{gate}.mp4"
+        assert cli.main(["--image", str(still), *_args(
+            media, models_dir, silent, out, "--landmarks", marks,
+            "--silence-gate-db", gate)]) == 0
+        with av.open(str(out)) as c:
+            frames = [f.to_ndarray(format="rgb24").astype(np.float32) for f in c.decode(video=0)]
+        assert len(frames) == 10
+        error[gate] = max(float(np.abs(f - image).mean()) for f in frames)
+    # gated: every frame is the still itself (H.264 loss only); ungated: the face is redrawn
+    assert error["-60"] < 2.0 < error["0"], error

@@ -83,8 +83,9 @@ def _chain(pack, clip, models, policy="pingpong", **face):
 
 def _one(pack, clip, models, **kw):
     kw.setdefault("fps", 25.0)
+    kw.setdefault("audio", clip.audio)
     return _node(pack, "lipsync_nodes", "MuseTalkLipSync").call(
-        audio=clip.audio, model=models.unet, vae=models.vae, whisper=models.whisper,
+        model=models.unet, vae=models.vae, whisper=models.whisper,
         pose_keypoints=clip.pose, **kw).values
 
 
@@ -124,6 +125,23 @@ def test_face_settings_equal_the_face_crop_node(pack, clip, models, one_node):
     rows = (timeline.source_index(N_SRC, 12, "pingpong") == FACELESS).nonzero().flatten()
     assert all(mask[r].any() for r in rows.tolist())
     assert not torch.equal(out, one_node[0])  # the settings reached the crop
+
+
+def test_silence_gate_leaves_pauses_as_filmed(pack, clip, models):
+    wave = clip.audio["waveform"].clone()
+    wave[..., 4 * 640:7 * 640] = 0  # output frames 4, 5, 6 (source frames 4, 5, 6) are silent
+    quiet = {"waveform": wave, "sample_rate": 16000}
+    off, _, off_mask, _ = _one(pack, clip, models, images=clip.frames, audio=quiet)
+    on, _, mask, _ = _one(pack, clip, models, images=clip.frames, audio=quiet,
+                          silence_gate_db=-50.0)
+    for row in (4, 5, 6):
+        assert torch.equal(on[row], clip.frames[row]) and not mask[row].any()
+        assert off_mask[row].any()  # without the gate these frames were lip-synced
+    rest = [r for r in range(12) if r not in (4, 5, 6)]
+    # the other frames are lip-synced as without the gate; their UNet batches are made up
+    # differently (three rows fewer), which moves a few crop pixels by one 8-bit step
+    assert torch.equal(mask[rest], off_mask[rest])
+    assert (on[rest] - off[rest]).abs().max() <= 1 / 255 + 1e-6
 
 
 def test_video_input_gives_the_same_frames(pack, clip, models, one_node):

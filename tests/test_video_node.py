@@ -229,7 +229,7 @@ def test_input_names_match_the_one_node_lip_sync(pack):
 
 
 def test_face_settings_reach_the_streaming_processor(pack, setup, monkeypatch, tmp_path):
-    """face_index, on_missing_face and smooth_boxes go to the per-chunk tracker's settings."""
+    """face_index, on_missing_face, smooth_boxes and the silence gate reach the settings."""
     from tests.tiny_models import StandInUNet
 
     vn = pack.nodes.video_nodes
@@ -245,10 +245,11 @@ def test_face_settings_reach_the_streaming_processor(pack, setup, monkeypatch, t
         _node(pack).call(video=FileOnlyVideo(setup["src"]), audio=_speech(setup, 0.4),
                          model=StandInUNet(), vae=setup["vae"], whisper=setup["whisper"],
                          pose_keypoints=setup["pose"], frames_per_chunk=5, face_index=1,
-                         on_missing_face="hold_last", smooth_boxes=0.5)
+                         on_missing_face="hold_last", smooth_boxes=0.5, silence_gate_db=-40.0)
     s = seen["settings"]
     assert (s.face_index, s.on_missing_face, s.smooth_boxes, s.chunk_size) == \
         (1, "hold_last", 0.5, 5)
+    assert s.silence_gate_db == -40.0
 
 
 @pytest.fixture(scope="module")
