@@ -68,6 +68,7 @@ def crop_payload(faces: Any) -> dict[str, Any]:
         "has_face": has,
         "landmarks": [row if h else [] for row, h in zip(lm, has, strict=True)],
         "bbox_shift_range": faces.info.get("bbox_shift_range"),
+        "smooth_boxes": float(faces.info.get("smooth_boxes", 0.0)),
     }
 
 

@@ -79,3 +79,48 @@ export function bboxShiftRange(frames) {
 export function maskTop(box) {
   return box[1] + (box[3] - box[1]) / 2;
 }
+
+/** numpy's round: halves go to the even neighbour. */
+function roundHalfEven(x) {
+  return Math.abs(x % 1) === 0.5 ? 2 * Math.round(x / 2) : Math.round(x);
+}
+
+/**
+ * Causal box smoothing, as musetalk_core.crop.smooth_boxes (the Face Crop node's smooth_boxes):
+ * a double exponential (Holt) filter per coordinate within each run of face frames, level gain
+ * alpha = 1 - 0.85 * strength and trend gain alpha / 4; a frame without a box ends the run.
+ * Float64 throughout, rounded half to even and clipped like the core, so boxes are equal.
+ * @param {(number[]|null)[]} boxes per frame [x1, y1, x2, y2], or null (no face).
+ * @param {number} strength 0..1 (0: the boxes unchanged).
+ * @returns {(number[]|null)[]} smoothed boxes (new arrays).
+ */
+export function smoothBoxes(boxes, strength, height, width) {
+  if (!(Number(strength) > 0)) return boxes.map((b) => (b ? b.slice() : null));
+  const alpha = 1.0 - 0.85 * Number(strength);
+  const beta = alpha / 4.0;
+  const h = Math.trunc(height);
+  const w = Math.trunc(width);
+  let level = null;
+  let trend = null;
+  return boxes.map((b) => {
+    if (!b) {
+      level = trend = null;
+      return null;
+    }
+    if (level === null) {
+      level = b.slice();
+      trend = [0, 0, 0, 0];
+    } else {
+      const prev = level;
+      level = b.map((v, k) => alpha * v + (1.0 - alpha) * (prev[k] + trend[k]));
+      trend = trend.map((t, k) => beta * (level[k] - prev[k]) + (1.0 - beta) * t);
+    }
+    const lim = [w, h, w, h];
+    const r = level.map((v, k) => Math.min(Math.max(roundHalfEven(v), 0), lim[k]));
+    r[2] = Math.min(Math.max(r[2], r[0] + 1), w);
+    r[3] = Math.min(Math.max(r[3], r[1] + 1), h);
+    r[0] = Math.min(r[0], r[2] - 1);
+    r[1] = Math.min(r[1], r[3] - 1);
+    return r;
+  });
+}

@@ -7,7 +7,7 @@
 
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { bboxShiftRange, cropBox, effectiveShift, maskTop } from "./crop_rule.js";
+import { bboxShiftRange, cropBox, effectiveShift, maskTop, smoothBoxes } from "./crop_rule.js";
 
 const EXT = "musetalk.web";
 const CROP_NODE = "MuseTalkFaceCrop";
@@ -77,6 +77,7 @@ export function normalizeCropPayload(raw) {
     sentVersion: String(p.version || "v1.5"),
     bboxShift: Number(p.bbox_shift ?? 0),
     extraMargin: Number(p.extra_margin ?? 10),
+    smooth: Number(p.smooth_boxes ?? 0),
     width: Number(width),
     height: Number(height),
     landmarks,
@@ -100,6 +101,20 @@ function boxFor(payload, frame, shift, margin) {
     version: payload.version, bboxShift: shift, extraMargin: margin, height: payload.height,
     width: payload.width, fallback: fb && fb.length === 4 ? fb : null,
   });
+}
+
+/** The box of ``frame`` with the node's smoothing: the causal filter runs over every frame up
+ * to it, as the core does (cached per rule settings, so moving the slider stays cheap). */
+function smoothedBoxFor(state, payload, frame, shift, margin, strength) {
+  if (!(strength > 0)) return boxFor(payload, frame, shift, margin);
+  const key = `${payload.version}|${shift}|${margin}|${strength}|${payload.width}x${payload.height}`;
+  if (state.smoothKey !== key || state.smoothPayload !== payload) {
+    const raw = payload.landmarks.map((_, i) => boxFor(payload, i, shift, margin));
+    state.smoothed = smoothBoxes(raw, strength, payload.height, payload.width);
+    state.smoothKey = key;
+    state.smoothPayload = payload;
+  }
+  return state.smoothed[frame] ?? null;
 }
 
 // ------------------------------------------------------------------------------ crop widget
@@ -178,9 +193,11 @@ function drawCrop(node, force) {
   const frame = stops[pos] ?? 0;
   const shift = Number(widgetValue(node, "bbox_shift", payload.bboxShift));
   const margin = Number(widgetValue(node, "extra_margin", payload.extraMargin));
+  const strength = Number(widgetValue(node, "smooth_boxes", payload.smooth)) || 0;
   // the node's version widget decides the rule (the payload's is what the last run used)
   payload.version = String(widgetValue(node, "version", payload.sentVersion)) === "v1" ? "v1" : "v15";
-  const key = `${frame}|${payload.version}|${shift}|${margin}|${payload.width}x${payload.height}`;
+  const key = `${frame}|${payload.version}|${shift}|${margin}|${strength}|`
+    + `${payload.width}x${payload.height}`;
   if (!force && key === state.key) return;
   state.key = key;
 
@@ -201,7 +218,7 @@ function drawCrop(node, force) {
     state.imageReady = false;
   }
   const lm = payload.landmarks[frame];
-  const box = boxFor(payload, frame, shift, margin);
+  const box = smoothedBoxFor(state, payload, frame, shift, margin, strength);
   const line = Math.max(2, Math.round(canvas.width / 256));
   if (box) {
     const top = Math.round(maskTop(box));
@@ -233,11 +250,13 @@ function drawCrop(node, force) {
   canvas.dataset.frame = String(frame);
   canvas.dataset.shift = String(effectiveShift(payload.version, shift));
   canvas.dataset.margin = String(margin);
+  canvas.dataset.smooth = String(strength);
   ui.label.textContent = `frame ${frame + 1}/${payload.hasFace.length}`
     + (payload.hasFace[frame] ? "" : " (no face)");
   const range = payload.range ? `bbox_shift range ${payload.range[0]}..${payload.range[1]}` : "";
-  const which = payload.version === "v1"
-    ? `v1 · bbox_shift ${shift}` : `v1.5 · extra_margin ${margin} (bbox_shift not used)`;
+  const which = (payload.version === "v1"
+    ? `v1 · bbox_shift ${shift}` : `v1.5 · extra_margin ${margin} (bbox_shift not used)`)
+    + (strength > 0 ? ` · smoothed ${strength}` : "");
   ui.info.textContent = `${which} · ${range}` + (box ? ` · box ${box.join(", ")}` : " · no face");
   ui.info.title = ui.info.textContent;
   drawStrip(ui, payload, frame);
@@ -272,7 +291,7 @@ function setupCropNode(node) {
   });
   hideWidgetFromSaves(widget);
   ui.slider.addEventListener("input", safe("frame slider", () => drawCrop(node, true)));
-  for (const name of ["bbox_shift", "extra_margin", "version"]) {
+  for (const name of ["bbox_shift", "extra_margin", "version", "smooth_boxes"]) {
     const w = node.widgets?.find((x) => x.name === name);
     if (!w) continue;
     const original = w.callback;

@@ -94,6 +94,17 @@ def core_box(clip, frame, version, shift, margin):
     return boxes[0].tolist() if bool(ok[0]) else None
 
 
+def core_smoothed_box(clip, frame, version, margin, strength):
+    import torch
+
+    from musetalk_core.crop import crop_boxes, smooth_boxes
+
+    boxes, ok, _ = crop_boxes(torch.from_numpy(np.trunc(clip["lm"])),
+                              torch.from_numpy(clip["has"]), version=version, height=clip["h"],
+                              width=clip["w"], extra_margin=margin)
+    return smooth_boxes(boxes, ok, strength, clip["h"], clip["w"])[frame].tolist()
+
+
 @pytest.fixture
 def page(web_host, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -226,6 +237,13 @@ def test_crop_preview_live_in_browser(web_host, clip, page, tmp_path):
         app.graph.setDirtyCanvas(true, true); }""")
     st = _wait_box(page, "c.dataset.shift === '0'")
     assert [int(v) for v in st["box"].split(",")] == core_box(clip, 20, "v1.5", -7, 10)
+
+    # smooth_boxes: the causal filter over frames 0..20, equal to the core's
+    page.evaluate("""() => { window.__crop.widgets.find(w => w.name === "smooth_boxes").value = 0.5;
+        app.graph.setDirtyCanvas(true, true); }""")
+    st = _wait_box(page, "c.dataset.smooth === '0.5'")
+    assert [int(v) for v in st["box"].split(",")] == core_smoothed_box(clip, 20, "v1.5", 10, 0.5)
+    assert core_smoothed_box(clip, 20, "v1.5", 10, 0.5) != core_box(clip, 20, "v1.5", -7, 10)
     assert page.musetalk_errors == []
 
 

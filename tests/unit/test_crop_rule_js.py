@@ -180,3 +180,52 @@ def test_js_box_equals_core_for_every_shift_in_the_reported_range(media):
     got = _run_js({"landmarks": landmarks, "cases": cases, "clips": []})["boxes"]
     assert len(got) == len(expected) > 500
     assert [c for c, e, g in zip(cases, expected, got, strict=True) if e != g][:5] == []
+
+
+SMOOTH_RUNNER = r"""
+import { smoothBoxes } from %s;
+let raw = "";
+process.stdin.on("data", (c) => (raw += c));
+process.stdin.on("end", () => {
+  const job = JSON.parse(raw);
+  const out = job.runs.map((r) => smoothBoxes(r.boxes, r.strength, r.height, r.width));
+  process.stdout.write(JSON.stringify(out));
+});
+"""
+
+
+@pytest.mark.skipif(NODE is None, reason="Node.js (node) is not installed")
+def test_js_box_smoothing_equals_core():
+    """The preview's smoothing (web/crop_rule.js smoothBoxes) equals crop.smooth_boxes."""
+    import torch
+
+    from musetalk_core.crop import smooth_boxes
+
+    rng = np.random.default_rng(3)
+    runs, expected = [], []
+    for i, strength in enumerate((0.0, 0.05, 0.3, 0.5, 0.77, 1.0) * 4):
+        height, width = SIZES[i % len(SIZES)]
+        n = 120
+        # a jittery, drifting face with gaps (a gap restarts the filter) and edge contacts
+        centre = np.cumsum(rng.normal(0, 3, (n, 2)), 0) + [width / 2, height / 2]
+        half = rng.uniform(5, 60) + rng.normal(0, 2, (n, 2))
+        boxes = np.concatenate([centre - half, centre + half], 1).round()
+        boxes = np.clip(boxes, 0, [width, height, width, height]).astype(np.int64)
+        has = rng.random(n) > 0.1
+        has[:3] = True
+        core = smooth_boxes(torch.from_numpy(boxes), torch.from_numpy(has), strength, height,
+                            width)
+        expected.append([b if h else None for b, h in zip(core.tolist(), has, strict=True)])
+        runs.append({"boxes": [b if h else None for b, h in zip(boxes.tolist(), has,
+                                                                 strict=True)],
+                     "strength": strength, "height": height, "width": width})
+    code = SMOOTH_RUNNER % json.dumps(RULE.as_uri())
+    out = subprocess.run([NODE, "--input-type=module", "-e", code],
+                         input=json.dumps({"runs": runs}), capture_output=True, text=True,
+                         timeout=60, check=True)
+    got = json.loads(out.stdout)
+    assert len(got) == len(expected) == 24
+    for run, e, g in zip(runs, expected, got, strict=True):
+        assert e == g, run["strength"]
+    # smoothing did something on the jittery runs
+    assert any(e != r["boxes"] for e, r in zip(expected, runs, strict=True))
