@@ -583,7 +583,8 @@ def _ensure(key: str, roots: dict[str, list[str]], download: bool, progress: Any
 
 def load_models_from_dir(models_dir: str, *, version: str, device: torch.device,
                          dtype: torch.dtype, need_detector: bool = True, need_parser: bool = True,
-                         download: bool = True, progress: Any = None) -> LipSyncModels:
+                         download: bool = True, progress: Any = None,
+                         detect_max_side: int = 1920) -> LipSyncModels:
     """Load (downloading what is missing) every model from a ``ComfyUI/models``-like folder."""
     from .models.unet import load_unet
     from .models.vae import load_vae
@@ -611,7 +612,8 @@ def load_models_from_dir(models_dir: str, *, version: str, device: torch.device,
 
         s3fd = _ensure("s3fd", roots, download, progress)
         fan = _ensure("fan2d", roots, download, progress)
-        detector = load_face_detector(s3fd, fan, device=device, dtype=dtype)
+        detector = load_face_detector(s3fd, fan, device=device, dtype=dtype,
+                                      detect_max_side=detect_max_side)
     if need_parser:
         from .models.face_parser import load_face_parser
 

@@ -179,7 +179,8 @@ def _loaders(ids: dict[str, int], col: int, row0: int, *, detector: bool = True,
     if detector:
         nodes.append(N(ids["detector"], "MuseTalkFaceDetectorLoader",
                        {"detector_name": MODELS["s3fd"], "landmarks_name": MODELS["fan"],
-                        "dtype": "auto", "download": True}, col=col, row=row0 + 3))
+                        "dtype": "auto", "download": True, "detect_max_side": 1920},
+                       col=col, row=row0 + 3))
     if parser:
         nodes.append(N(ids["parser"], "MuseTalkFaceParserLoader",
                        {"parser_name": MODELS["parser"], "dtype": "auto",

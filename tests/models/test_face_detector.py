@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from musetalk_core.errors import WeightsError
+from musetalk_core.errors import InputError, WeightsError
 from musetalk_core.models import face_detector as fd
 
 
@@ -146,3 +146,46 @@ def test_torchscript_fan_only_without_a_state_dict(files, tmp_path, caplog):
     assert not isinstance(m2, torch.jit.ScriptModule)
     with pytest.raises(WeightsError, match="TorchScript"):
         fd.load_s3fd(str(lone))
+
+
+class _OneFaceS3FD(torch.nn.Module):
+    """Stands in for S3FD: one confident face centred on cell (row 5, col 7) of the stride-4
+    map of whatever it is given (a 16-pixel box around (30, 22) in its input's pixels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.seen: list[tuple[int, int]] = []
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape[-2:]))
+        outs = []
+        for level in range(6):
+            stride = 2 ** (level + 2)
+            hh, ww = -(-x.shape[-2] // stride), -(-x.shape[-1] // stride)
+            cls = torch.zeros(x.shape[0], 2, hh, ww, dtype=x.dtype)
+            cls[:, 0] = 10.0  # background everywhere...
+            if level == 0:
+                cls[:, 0, 5, 7], cls[:, 1, 5, 7] = 0.0, 10.0  # ...but one face
+            outs += [cls, torch.zeros(x.shape[0], 4, hh, ww, dtype=x.dtype)]
+        return outs
+
+
+def test_detect_max_side_finds_faces_on_a_copy_in_frame_pixels(files):
+    full = fd.load_face_detector(str(files / "s3fd-619a316812.pth"),
+                                 str(files / "2DFAN4-11f355bf06.pth.tar"))
+    small = fd.load_face_detector(str(files / "s3fd-619a316812.pth"),
+                                  str(files / "2DFAN4-11f355bf06.pth.tar"), detect_max_side=64)
+    assert full.detect_max_side == 1920 and small.detect_max_side == 64
+    frames = _frames(2, 96, 128)
+    for det in (full, small):
+        det.s3fd = _OneFaceS3FD()
+    at_full, at_half = full.detect(frames), small.detect(frames)
+    assert full.s3fd.seen == [(96, 128)] and small.s3fd.seen == [(48, 64)]
+    # the same cell: (30, 22) +- 8 in the network's pixels, mapped back to frame pixels
+    assert at_full[0][0, :4].tolist() == [22.0, 14.0, 38.0, 30.0]
+    assert at_half[0][0, :4].tolist() == [44.0, 28.0, 76.0, 60.0]
+    assert len(at_half) == 2 and torch.equal(at_half[0], at_half[1])
+    with pytest.raises(InputError, match="detect_max_side"):
+        fd.load_face_detector(str(files / "s3fd-619a316812.pth"),
+                              str(files / "2DFAN4-11f355bf06.pth.tar"), detect_max_side=16)

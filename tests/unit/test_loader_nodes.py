@@ -212,3 +212,7 @@ def test_parser_and_detector_loaders_honour_dtype(pack, host):
     assert det.dtype == torch.bfloat16
     boxes = det.detect(torch.randint(0, 255, (2, 64, 64, 3), dtype=torch.uint8))
     assert len(boxes) == 2
+    fast = det_node.call(detector_name="face_alignment/s3fd-619a316812.pth",
+                         landmarks_name="face_alignment/2DFAN4-11f355bf06.pth.tar",
+                         dtype="bf16", download=False, detect_max_side=640).values[0]
+    assert fast.detect_max_side == 640 and det.detect_max_side == 1920 and fast is not det
