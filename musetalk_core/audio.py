@@ -377,15 +377,3 @@ def silent_frames(audio: MuseTalkAudio, frame_indices: torch.Tensor,
         return torch.zeros(int(frame_indices.numel()), dtype=torch.bool)
     return frame_levels_db(audio, frame_indices) < float(threshold_db)
 
-
-def frame_ranges(numbers: torch.Tensor | list[int]) -> str:
-    """``"3-7, 12"`` for ascending frame numbers (a list or an int64 tensor)."""
-    idx = numbers.tolist() if isinstance(numbers, torch.Tensor) else list(numbers)
-    parts, i = [], 0
-    while i < len(idx):
-        j = i
-        while j + 1 < len(idx) and idx[j + 1] == idx[j] + 1:
-            j += 1
-        parts.append(str(idx[i]) if i == j else f"{idx[i]}-{idx[j]}")
-        i = j + 1
-    return ", ".join(parts)

@@ -236,7 +236,8 @@ def inpaint(
         source frames, geometry gathered per row and generated uint8 crops (source crops where
         the frame has no face).
     """
-    from .audio import frame_ranges, silent_frames, windows
+    from .audio import silent_frames, windows
+    from .faces import frame_ranges
 
     check_inputs(faces, unet, references)
     si = source_index.to(torch.int64).cpu()
@@ -254,7 +255,7 @@ def inpaint(
     quiet = silent_frames(audio, fi, silence_gate_db) & has
     if bool(quiet.any()):
         log.info("silence gate (%.0f dBFS): %d frames keep the source mouth: %s",
-                 float(silence_gate_db), int(quiet.sum()), frame_ranges(fi[quiet]))
+                 float(silence_gate_db), int(quiet.sum()), frame_ranges(fi[quiet].tolist()))
         has = has & ~quiet
     rows = torch.nonzero(has).flatten()
     crops = faces.crops[si].to(runtime.intermediate_device).clone()

@@ -14,7 +14,6 @@ from musetalk_core import timeline
 from musetalk_core.audio import (
     SILENCE_FLOOR_DB,
     frame_levels_db,
-    frame_ranges,
     silent_frames,
 )
 from musetalk_core.errors import AudioError
@@ -55,11 +54,6 @@ def test_sine_level_and_gate_threshold():
     # frames are looked up by number: a chunk of the timeline gets its own rows
     assert silent_frames(audio, torch.tensor([24, 25]), -45.0).tolist() == [False, True]
     assert fps == audio.fps
-
-
-def test_frame_ranges_text():
-    assert frame_ranges([3, 4, 5, 7, 9, 10]) == "3-5, 7, 9-10"
-    assert frame_ranges(torch.tensor([], dtype=torch.int64)) == ""
 
 
 def test_gate_without_waveform_is_an_actionable_error():
